@@ -1,0 +1,110 @@
+"""The competition's CSVs: reading and checking them, and turning rows into model inputs.
+
+Files: `train.csv`, `dev.csv` (fname, dialogue, summary, topic) and `test.csv` (fname, dialogue).
+Rows whose dialogue or summary is empty or missing are dropped with a warning that counts them; a file
+left with no rows is an error. Every error names the file and says how to fix it.
+
+Knows nothing of Ray or the Trainer.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+log = logging.getLogger(__name__)
+
+REQUIRED_COLUMNS = {
+    "train": ("fname", "dialogue", "summary"),
+    "dev": ("fname", "dialogue", "summary"),
+    "test": ("fname", "dialogue"),
+}
+
+
+class DataError(ValueError):
+    """A data problem, phrased for the user: which file, what is wrong, how to fix it."""
+
+
+@dataclass
+class Split:
+    name: str
+    path: Path
+    frame: pd.DataFrame
+    dropped: int  # rows dropped for an empty dialogue or summary
+
+
+def read_split(data_dir: Path, split: str) -> Split:
+    """Read and check one of train/dev/test."""
+    path = Path(data_dir) / f"{split}.csv"
+    if not path.is_file():
+        raise DataError(
+            f"{path}: file not found; put the competition's {split}.csv there, or pass --data-dir with "
+            "train.csv, dev.csv and test.csv (the repo ships a sample in data/)"
+        )
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: file is empty; it needs a header line ({', '.join(REQUIRED_COLUMNS[split])}) and rows")
+    try:
+        frame = pd.read_csv(path, encoding="utf-8", dtype=str, keep_default_na=True)
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path}: not UTF-8 ({err.reason} at byte {err.start}); re-save the file as UTF-8") from None
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{path}: file is empty; it needs a header line and rows") from None
+    except pd.errors.ParserError as err:
+        raise DataError(f"{path}: not a readable CSV ({str(err).splitlines()[0]})") from None
+    missing = [c for c in REQUIRED_COLUMNS[split] if c not in frame.columns]
+    if missing:
+        raise DataError(
+            f"{path}: missing column(s) {', '.join(missing)}; found {', '.join(map(str, frame.columns))}. "
+            f"Expected {', '.join(REQUIRED_COLUMNS[split])}"
+        )
+    text_columns = [c for c in ("dialogue", "summary") if c in REQUIRED_COLUMNS[split]]
+    keep = pd.Series(True, index=frame.index)
+    for column in text_columns:
+        keep &= frame[column].notna() & (frame[column].fillna("").str.strip() != "")
+    dropped = int((~keep).sum())
+    frame = frame[keep].reset_index(drop=True)
+    if frame.empty:
+        raise DataError(f"{path}: no rows with a non-empty {' and '.join(text_columns)}")
+    if dropped:
+        log.warning("%s: dropped %d row(s) with an empty or missing %s", path, dropped, " or ".join(text_columns))
+    return Split(split, path, frame, dropped)
+
+
+def check_data_dir(data_dir: Path, need_test: bool = False) -> dict[str, Split]:
+    """Read train and dev (and test, when asked) before any trial starts."""
+    splits = ["train", "dev"] + (["test"] if need_test else [])
+    return {s: read_split(data_dir, s) for s in splits}
+
+
+def training_texts(data_dir: Path) -> list[str]:
+    """All text a stand-in tokenizer is trained on: train dialogues and summaries."""
+    train = read_split(data_dir, "train").frame
+    return [*train["dialogue"].tolist(), *train["summary"].tolist()]
+
+
+def model_inputs(dialogues: list[str], prefix: str) -> list[str]:
+    return [prefix + d for d in dialogues]
+
+
+def tokenize_split(frame: pd.DataFrame, tokenizer, prefix: str, encoder_max_len: int, decoder_max_len: int):
+    """A `datasets.Dataset` of input_ids/attention_mask/labels, truncated to the configured lengths.
+
+    Padding is left to the collator (dynamic padding, labels padded with -100), which matters for
+    configs that allow 1,024-token inputs when most dialogues are far shorter."""
+    from datasets import Dataset
+
+    enc = tokenizer(
+        model_inputs(frame["dialogue"].tolist(), prefix),
+        max_length=encoder_max_len,
+        truncation=True,
+        return_token_type_ids=False,  # KoBART's tokenizer returns them and generate() rejects them
+    )
+    columns = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+    if "summary" in frame.columns:
+        columns["labels"] = tokenizer(
+            text_target=frame["summary"].tolist(), max_length=decoder_max_len, truncation=True, return_token_type_ids=False
+        )["input_ids"]
+    return Dataset.from_dict(columns)

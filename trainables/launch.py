@@ -1,0 +1,190 @@
+"""What the command line does: check everything, then start (or resume) the grid on Ray.
+
+All checks run before Ray starts or anything is written, so bad input costs a second and touches
+no results: configs, data files, GPUs, models.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from trainables.config import ConfigError, apply_mode, load_search_space, static_problems
+from trainables.data import DataError, check_data_dir, training_texts
+from trainables.grid import GridPlan, experiment_name
+
+log = logging.getLogger("tune_main7")
+
+
+class UsageError(RuntimeError):
+    """Anything the user must fix before a run can start."""
+
+
+def count_local_gpus() -> int:
+    import torch
+
+    return torch.cuda.device_count()
+
+
+def check_inputs(args) -> tuple[list[dict[str, Any]], list[str]]:
+    """Validate configs and data for a mode; return the mode-applied experiments and warnings."""
+    configs = load_search_space(Path(args.search_space), args.only)
+    errors, warnings = [], []
+    for cfg in configs:
+        e, w = static_problems(cfg)
+        errors += e
+        warnings += w
+    if errors:
+        raise ConfigError("\n".join(errors))
+    experiments = []
+    for cfg in configs:
+        exp, changes = apply_mode(cfg, args.mode)
+        if changes:
+            log.info("%s: %s mode changes %s", cfg.name, args.mode, "; ".join(changes))
+        experiments.append(exp)
+    check_data_dir(Path(args.data_dir), need_test=False)
+    if not (Path(args.data_dir) / "test.csv").exists():
+        warnings.append(f"{Path(args.data_dir) / 'test.csv'} not found: training runs, `predict` will need it")
+    return experiments, warnings
+
+
+def prepare_models(experiments: list[dict[str, Any]], mode: str, data_dir: Path, cache_dir: Path) -> dict[str, dict]:
+    """Per checkpoint: the folder or hub id the trials load, and where it came from."""
+    from trainables.models import build_standin, check_real_model
+
+    models: dict[str, dict] = {}
+    if mode == "smoke":
+        texts = training_texts(data_dir)
+        for exp in experiments:
+            arch, checkpoint = exp["model"]["architecture"], exp["model"]["checkpoint"]
+            if checkpoint not in models:
+                path = build_standin(arch, texts, cache_dir)
+                models[checkpoint] = {"model_path": str(path), "model_source": f"standin:{arch}-tiny (for {checkpoint})"}
+        return models
+    for exp in experiments:
+        checkpoint = exp["model"]["checkpoint"]
+        if checkpoint not in models:
+            where = check_real_model(checkpoint)  # raises ModelUnavailable with the fix
+            models[checkpoint] = {"model_path": where, "model_source": f"checkpoint:{checkpoint}"}
+    return models
+
+
+def plan_run(args) -> GridPlan:
+    from trainables.models import default_cache_dir
+
+    experiments, warnings = check_inputs(args)
+    for w in warnings:
+        log.warning(w)
+    use_gpu = args.mode != "smoke" and not args.allow_cpu
+    if not use_gpu:
+        max_concurrent = args.max_concurrent or os.cpu_count() or 1
+    elif args.address:
+        max_concurrent = args.max_concurrent  # None: as many as the cluster's GPUs allow
+    else:
+        gpus = count_local_gpus()
+        if gpus == 0:
+            raise UsageError(
+                f"--mode {args.mode} trains the real models and needs a CUDA GPU, and this machine has none.\n"
+                "  Run `python tune_main7.py --mode smoke` for the offline run on stand-in models, or add --allow-cpu "
+                "to run the real models on the CPU (very slow)."
+            )
+        max_concurrent = args.max_concurrent or gpus
+    data_dir = Path(args.data_dir).resolve()
+    models = prepare_models(experiments, args.mode, data_dir, Path(args.cache_dir or default_cache_dir()))
+    run = {
+        "mode": args.mode,
+        "data_dir": str(data_dir),
+        "models": models,
+        "torch_threads": 1 if not use_gpu else None,
+        "wandb": bool(args.wandb),
+    }
+    return GridPlan(
+        experiments=experiments, run=run, storage_path=Path(args.storage_path).resolve(),
+        name=args.name or experiment_name(args.mode), use_gpu=use_gpu, max_concurrent=max_concurrent,
+        metric=args.metric, max_failures=args.max_failures,
+    )
+
+
+def worker_env(mode: str) -> dict[str, str]:
+    env = {"TOKENIZERS_PARALLELISM": "false", "PYTHONWARNINGS": "ignore::FutureWarning,ignore::UserWarning"}
+    if mode == "smoke":
+        env["HF_HUB_OFFLINE"] = "1"  # stand-ins only: never wait on a hub
+    return env
+
+
+def start_ray(args, mode: str, use_gpu: bool) -> None:
+    import ray
+
+    kwargs: dict[str, Any] = {
+        "runtime_env": {"env_vars": worker_env(mode)},
+        "include_dashboard": bool(args.dashboard),
+        "log_to_driver": True,
+        "configure_logging": True,
+        "logging_level": logging.WARNING,
+    }
+    if args.dashboard:
+        kwargs["dashboard_host"] = "127.0.0.1"
+    if args.address:
+        kwargs["address"] = args.address
+    ray.init(**kwargs)
+    if use_gpu:
+        gpus = ray.cluster_resources().get("GPU", 0)
+        if gpus < 1:
+            ray.shutdown()
+            raise UsageError(
+                f"the Ray cluster at {args.address or 'local'} has no GPU, so {{'gpu': 1}} trials would wait forever; "
+                "use --mode smoke, or --allow-cpu"
+            )
+
+
+def run_grid(args) -> int:
+    from trainables.grid import build_tuner, write_marker
+    from trainables.report import print_summary
+
+    plan = plan_run(args)
+    start_ray(args, plan.run["mode"], plan.use_gpu)
+    experiment_dir = plan.storage_path / plan.name
+    write_marker(experiment_dir, plan)
+    print(f"Experiment {plan.name}: {len(plan.experiments)} trials, mode {plan.run['mode']}, "
+          f"{'1 GPU' if plan.use_gpu else '1 CPU'} per trial, up to {plan.max_concurrent} at once\n"
+          f"Results: {experiment_dir}", flush=True)
+    tuner = build_tuner(plan)
+    tuner.fit()
+    return print_summary(experiment_dir, plan.metric)
+
+
+def resume_grid(args) -> int:
+    from trainables.grid import read_marker, restore_tuner
+    from trainables.report import latest_experiment, print_summary
+
+    target = Path(args.resume) if args.resume not in (None, "latest") else latest_experiment(Path(args.storage_path))
+    if target is None:
+        raise UsageError(f"nothing to resume: no experiment of ours under {Path(args.storage_path).resolve()}")
+    marker = read_marker(target)
+    if marker is None:
+        raise UsageError(f"{target} is not an experiment started by tune_main7.py (no {target}/tune_main7.json); "
+                         "pass the folder printed when the run started")
+    print(f"Resuming {target}", flush=True)
+    start_ray(args, marker["mode"], marker["use_gpu"])
+    restore_tuner(target).fit()
+    return print_summary(target, marker.get("metric", "competition_score"))
+
+
+def check_only(args) -> int:
+    experiments, warnings = check_inputs(args)
+    for exp in experiments:
+        print(f"ok  {exp['name']}: {exp['model']['architecture']} {exp['model']['checkpoint']}")
+    for w in warnings:
+        print(f"warning: {w}")
+    return 0
+
+
+def fail(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
+KNOWN_ERRORS = (ConfigError, DataError, UsageError)

@@ -1,0 +1,405 @@
+"""Models and tokenizers: the real checkpoint or an offline stand-in, LoRA/QLoRA, and precision decisions.
+
+Every decision that depends on the machine (precision, 4-bit, Unsloth, device) is made once, in
+`decide_settings`, and returned as an `EffectiveSettings` record that the trial reports with its metrics.
+
+Stand-ins: model hubs are unreachable offline, so `--mode smoke` (and the real-size GPU benchmark) build a
+model of the same family (T5, mT5, BART config classes) with random weights and a tokenizer trained on the
+local data, and save it as an ordinary Hugging Face model folder. From there on the stand-in is loaded with
+the same `from_pretrained` code as a real checkpoint.
+
+Knows nothing of Ray or of data files beyond the texts handed to it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+log = logging.getLogger(__name__)
+
+# Real checkpoints' shapes (FIELD-NOTES.md), for real-size stand-ins on the GPU benchmark.
+REAL_DIMS = {
+    "mt5": dict(d_model=768, d_ff=2048, num_layers=12, num_decoder_layers=12, num_heads=12, d_kv=64, vocab_size=250112),
+    "t5": dict(d_model=768, d_ff=2048, num_layers=12, num_decoder_layers=12, num_heads=12, d_kv=64, vocab_size=50358),
+    "bart": dict(d_model=768, encoder_ffn_dim=3072, decoder_ffn_dim=3072, encoder_layers=6, decoder_layers=6,
+                 encoder_attention_heads=16, decoder_attention_heads=16, vocab_size=30000, max_position_embeddings=1026),
+}
+TINY_DIMS = {
+    "mt5": dict(d_model=64, d_ff=128, num_layers=2, num_decoder_layers=2, num_heads=4, d_kv=16),
+    "t5": dict(d_model=64, d_ff=128, num_layers=2, num_decoder_layers=2, num_heads=4, d_kv=16),
+    "bart": dict(d_model=64, encoder_ffn_dim=128, decoder_ffn_dim=128, encoder_layers=2, decoder_layers=2,
+                 encoder_attention_heads=4, decoder_attention_heads=4, max_position_embeddings=512),
+}
+TINY_VOCAB = 2000
+STANDIN_FORMAT = 3  # bump when the stand-in recipe changes, so cached ones are rebuilt
+T5_FAMILY = ("t5", "mt5")
+_TAG = re.compile(r"#\w+#")
+# Unsloth's fast paths are for decoder-only models; for encoder-decoder ones it falls back to plain
+# transformers (or fails, FIELD-NOTES.md), so no family here is routed through it.
+UNSLOTH_FAMILIES: frozenset[str] = frozenset()
+
+
+class ModelUnavailable(RuntimeError):
+    """The config's checkpoint can't be had here (no hub access, not cached, not a folder)."""
+
+
+# ---------------------------------------------------------------------------------------------------
+# The machine, and the settings that follow from it
+
+
+@dataclass
+class Environment:
+    cuda: bool
+    bf16_supported: bool
+    device_name: str
+    unsloth_installed: bool
+    bitsandbytes_installed: bool
+
+    @classmethod
+    def probe(cls) -> "Environment":
+        import importlib.util
+
+        import torch
+
+        cuda = torch.cuda.is_available()
+        return cls(
+            cuda=cuda,
+            bf16_supported=bool(cuda and torch.cuda.is_bf16_supported()),
+            device_name=torch.cuda.get_device_name(0) if cuda else "cpu",
+            unsloth_installed=importlib.util.find_spec("unsloth") is not None,
+            bitsandbytes_installed=importlib.util.find_spec("bitsandbytes") is not None,
+        )
+
+
+@dataclass
+class EffectiveSettings:
+    """What really ran, as opposed to what the config asked for. Reported with every result."""
+
+    device: str
+    precision: str  # "bf16" | "fp16" | "fp32"
+    load_in_4bit: bool
+    lora: bool
+    unsloth: bool
+    unsloth_reason: str
+    model_source: str
+    train_batch_size: int
+    gradient_accumulation_steps: int
+    notes: list[str] = field(default_factory=list)
+
+    def as_metrics(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["notes"] = " | ".join(self.notes)
+        return {f"eff_{k}": v for k, v in d.items()}
+
+
+def decide_settings(exp: dict[str, Any], env: Environment, model_source: str) -> EffectiveSettings:
+    """Turn the config's wishes into what this machine can honestly do, noting each change."""
+    arch = exp["model"]["architecture"]
+    t, q = exp["training"], exp["qlora"]
+    notes: list[str] = []
+
+    if not env.cuda:
+        precision = "fp32"
+        if t["fp16"] or t["bf16"]:
+            notes.append("no CUDA GPU: mixed precision off, fp32 on the CPU")
+    elif t["fp16"] and arch in T5_FAMILY:
+        precision = "bf16" if env.bf16_supported else "fp32"
+        notes.append(f"fp16 asked for a {arch} model, which overflows in fp16: running {precision}")
+    elif t["bf16"] and not env.bf16_supported:
+        precision = "fp32" if arch in T5_FAMILY else "fp16"
+        notes.append(f"bf16 asked for, but {env.device_name} has no bf16: running {precision}")
+    else:
+        precision = "bf16" if t["bf16"] else "fp16" if t["fp16"] else "fp32"
+
+    load_in_4bit = bool(q["use_qlora"] and q["load_in_4bit"])
+    if load_in_4bit and not env.bitsandbytes_installed:
+        load_in_4bit = False
+        notes.append("bitsandbytes not installed: 4-bit quantization off, LoRA on the full-precision base")
+
+    if not q["use_unsloth"]:
+        unsloth, reason = False, "not requested"
+    elif not env.cuda:
+        unsloth, reason = False, "no CUDA GPU (Unsloth needs one)"
+    elif not env.unsloth_installed:
+        unsloth, reason = False, "unsloth not installed (optional extra: pip install '.[unsloth]')"
+    elif arch not in UNSLOTH_FAMILIES:
+        unsloth, reason = False, f"Unsloth has no encoder-decoder fast path for {arch}; plain transformers + peft"
+    else:
+        unsloth, reason = True, "used"
+    if q["use_unsloth"] and not unsloth:
+        notes.append(f"unsloth off: {reason}")
+
+    return EffectiveSettings(
+        device="cuda" if env.cuda else "cpu",
+        precision=precision,
+        load_in_4bit=load_in_4bit,
+        lora=bool(q["use_qlora"]),
+        unsloth=unsloth,
+        unsloth_reason=reason,
+        model_source=model_source,
+        train_batch_size=t["per_device_train_batch_size"],
+        gradient_accumulation_steps=t["gradient_accumulation_steps"],
+        notes=notes,
+    )
+
+
+# ---------------------------------------------------------------------------------------------------
+# Finding a model: a real checkpoint, or a stand-in built here
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "tune_main7"
+
+
+def check_real_model(checkpoint: str) -> str:
+    """Return a path or hub id that `from_pretrained` can load, or raise ModelUnavailable saying why."""
+    if Path(checkpoint).is_dir():
+        if not (Path(checkpoint) / "config.json").exists():
+            raise ModelUnavailable(f"{checkpoint} is a folder without config.json, not a saved Hugging Face model")
+        return str(Path(checkpoint).resolve())
+    from transformers import AutoConfig
+
+    try:
+        AutoConfig.from_pretrained(checkpoint)
+    except Exception as err:  # OSError, connection errors, HF's own errors: all mean "can't have it"
+        reason = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
+        raise ModelUnavailable(
+            f"model {checkpoint!r} can't be loaded: {reason}\n"
+            f"  Fix: download it where the hub is reachable (huggingface-cli download {checkpoint}; set HF_TOKEN "
+            "for gated models) and either copy the Hugging Face cache here or set model.checkpoint to the local "
+            "folder; or run `python tune_main7.py --mode smoke`, which uses offline stand-in models."
+        ) from None
+    return checkpoint
+
+
+def _train_tokenizer(arch: str, texts: Iterable[str], vocab_size: int):
+    """A SentencePiece-style (Metaspace) tokenizer trained on local text, with the family's special tokens."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    if arch in T5_FAMILY:
+        specials = ["<pad>", "</s>", "<unk>"]
+        tok = Tokenizer(models.Unigram())
+        trainer = trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=specials, unk_token="<unk>")
+    else:
+        specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+        tok = Tokenizer(models.BPE(unk_token="<unk>"))
+        trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials)
+    tok.normalizer = normalizers.NFKC()
+    # prepend_scheme="first": text that follows an added token ("#Person1#은") must not gain a space.
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(prepend_scheme="first")
+    tok.decoder = decoders.Metaspace(prepend_scheme="first")
+    # Leave the speaker tags and masks out of the learned vocabulary: like a real checkpoint's tokenizer,
+    # the stand-in must meet them as new tokens, so the added-token path is exercised.
+    tok.train_from_iterator((_TAG.sub(" ", t) for t in texts), trainer=trainer)
+    eos = ("</s>", tok.token_to_id("</s>"))
+    if arch in T5_FAMILY:
+        tok.post_processor = processors.TemplateProcessing(single="$A </s>", pair="$A </s> $B </s>", special_tokens=[eos])
+        return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+    bos = ("<s>", tok.token_to_id("<s>"))
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A </s>", pair="<s> $A </s> $B </s>", special_tokens=[bos, eos]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", pad_token="<pad>", eos_token="</s>", unk_token="<unk>", mask_token="<mask>"
+    )
+
+
+def _standin_config(arch: str, size: str, tokenizer):
+    from transformers import BartConfig, MT5Config, T5Config
+
+    dims = dict((REAL_DIMS if size == "real" else TINY_DIMS)[arch])
+    vocab = max(dims.pop("vocab_size", 0), len(tokenizer))
+    if arch in T5_FAMILY:
+        cls = MT5Config if arch == "mt5" else T5Config
+        return cls(
+            vocab_size=vocab, feed_forward_proj="gated-gelu", tie_word_embeddings=False, dropout_rate=0.1,
+            pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+            decoder_start_token_id=tokenizer.pad_token_id, **dims,
+        )
+    return BartConfig(
+        vocab_size=vocab, pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, decoder_start_token_id=tokenizer.eos_token_id,
+        forced_eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=True, scale_embedding=True, **dims,
+    )
+
+
+def _warm_start(model, tokenizer, texts: list[str], seed: int, steps: int = 300, batch: int = 16) -> None:
+    """Pre-train the tiny stand-in on the language (not the task) for a few seconds.
+
+    A real checkpoint knows Korean before it is fine-tuned; a random tiny model does not, and LoRA on a
+    random base barely moves (measured: loss 7.3 -> 7.2 over 3 epochs of the sample data). So the stand-in
+    first learns to reconstruct the local texts from a copy with 15% of its tokens deleted: it learns the
+    words, not how to summarize, and the fine-tuning that follows has something real to improve."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    ids = [tokenizer(t, truncation=True, max_length=64)["input_ids"] for t in texts]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    pad = tokenizer.pad_token_id
+    model.train()
+    for _ in range(steps):
+        pick = torch.randint(len(ids), (batch,), generator=generator).tolist()
+        targets = [torch.tensor(ids[i]) for i in pick]
+        noisy = [t[torch.rand(len(t), generator=generator) > 0.15] for t in targets]
+        inputs = torch.nn.utils.rnn.pad_sequence(noisy, batch_first=True, padding_value=pad)
+        labels = torch.nn.utils.rnn.pad_sequence(targets, batch_first=True, padding_value=-100)
+        loss = model(input_ids=inputs, attention_mask=(inputs != pad).long(), labels=labels).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.eval()
+
+
+def build_standin(arch: str, texts: list[str], cache_dir: Path, size: str = "tiny", seed: int = 0) -> Path:
+    """Build (once) and return a folder holding a random-weight model of `arch` and a local tokenizer.
+
+    The folder's name includes a hash of the training texts, so new data gives a new tokenizer."""
+    from transformers import AutoModelForSeq2SeqLM
+
+    digest = hashlib.sha256(json.dumps([STANDIN_FORMAT, arch, size, seed, texts]).encode()).hexdigest()[:12]
+    target = Path(cache_dir) / "standins" / f"{arch}-{size}-{digest}"
+    if (target / "config.json").exists():
+        return target
+    import torch
+
+    tokenizer = _train_tokenizer(arch, texts, TINY_VOCAB)
+    torch.manual_seed(seed)
+    model = AutoModelForSeq2SeqLM.from_config(_standin_config(arch, size, tokenizer))
+    if size == "tiny":
+        _warm_start(model, tokenizer, texts, seed=seed)
+    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    (tmp / "STANDIN.json").write_text(json.dumps({"architecture": arch, "size": size, "random_weights": True}))
+    try:
+        tmp.rename(target)  # atomic: a concurrent builder can't see a half-written folder
+    except OSError:
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+# ---------------------------------------------------------------------------------------------------
+# Loading for training: tokenizer with the competition's tokens, model, LoRA/QLoRA
+
+
+def load_tokenizer(model_path: str, special_tokens: list[str]):
+    """The checkpoint's tokenizer plus the speaker/mask tokens, added as ordinary tokens so that
+    decoding with skip_special_tokens=True keeps them (the references contain them)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    tokenizer.add_tokens([t for t in special_tokens if t not in tokenizer.get_vocab()], special_tokens=False)
+    return tokenizer
+
+
+def _torch_dtype(name: str):
+    import torch
+
+    return {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}.get(
+        name, torch.float32
+    )
+
+
+def resolve_lora_targets(model, targets: list[str], notes: list[str]) -> list[str]:
+    """Every LoRA target must match a module; the seed's `wi` on mT5 silently matched nothing.
+
+    In transformers 5, (m)T5's encoder/decoder `embed_tokens` are the very module `shared`, which peft
+    finds only under that name: `embed_tokens` is mapped to `shared` there, with a note."""
+    names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    resolved = []
+    for target in targets:
+        if target == "embed_tokens" and target not in names and "shared" in names:
+            notes.append("LoRA target embed_tokens is the shared embedding in this model: targeting `shared`")
+            target = "shared"
+        resolved.append(target)
+    missing = [t for t in resolved if t not in names]
+    if missing:
+        raise ValueError(f"LoRA target_modules {missing} match no module of this model; it has {sorted(names)}")
+    return resolved
+
+
+def load_model(exp: dict[str, Any], model_path: str, tokenizer, settings: EffectiveSettings):
+    """The seq2seq model for training, with 4-bit quantization and a LoRA adapter as the settings say."""
+    import torch
+    from transformers import AutoModelForSeq2SeqLM
+
+    q, t = exp["qlora"], exp["training"]
+    kwargs: dict[str, Any] = {}
+    if settings.load_in_4bit:
+        from transformers import BitsAndBytesConfig
+
+        compute = q["bnb_4bit_compute_dtype"]
+        if settings.precision == "fp32" or (compute == "bfloat16" and settings.precision != "bf16"):
+            compute = "float32" if settings.precision == "fp32" else "float16"
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type=q["bnb_4bit_quant_type"],
+            bnb_4bit_use_double_quant=q["bnb_4bit_use_double_quant"],
+            bnb_4bit_compute_dtype=_torch_dtype(compute),
+        )
+        kwargs["device_map"] = {"": 0 if settings.device == "cuda" else "cpu"}
+    model = AutoModelForSeq2SeqLM.from_pretrained(model_path, dtype=torch.float32, **kwargs)
+    old_vocab = model.get_input_embeddings().num_embeddings
+    if len(tokenizer) > old_vocab:
+        model.resize_token_embeddings(len(tokenizer))
+    new_token_ids = [i for i in tokenizer.convert_tokens_to_ids(exp["tokenizer"]["special_tokens"]) if i >= old_vocab]
+
+    if settings.load_in_4bit:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=t["gradient_checkpointing"])
+    elif t["gradient_checkpointing"]:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+
+    if not settings.lora:
+        return model
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    targets = resolve_lora_targets(model, q["target_modules"], settings.notes)
+    rank = min(q["lora_rank"], model.config.d_model)
+    if rank != q["lora_rank"]:
+        settings.notes.append(f"LoRA rank {q['lora_rank']} capped to the model width {rank}")
+    lora = LoraConfig(
+        task_type=TaskType.SEQ_2_SEQ_LM,
+        r=rank,
+        lora_alpha=q["lora_alpha"],
+        lora_dropout=q["lora_dropout"],
+        target_modules=targets,
+        # New tokens' embedding rows start untrained and LoRA would leave them frozen: train those rows only,
+        # on the input embeddings and on the output head (untied in T5/mT5).
+        trainable_token_indices=_token_targets(model, targets, new_token_ids) or None,
+    )
+    model = get_peft_model(model, lora)
+    return model
+
+
+def _token_targets(model, lora_targets: list[str], new_ids: list[int]) -> dict[str, list[int]]:
+    if not new_ids:
+        return {}
+    targets = {"embed_tokens": new_ids}
+    # Check the weights, not the config flag: transformers 5 forces tie_word_embeddings=True on (m)T5 configs
+    # while a checkpoint with its own lm_head tensor (mT5 XLSum) still loads it separately.
+    output = model.get_output_embeddings()
+    tied = output is None or output.weight is model.get_input_embeddings().weight
+    if not tied and "lm_head" not in lora_targets:
+        targets["lm_head"] = new_ids
+    skip = {"embed_tokens", "shared"} & set(lora_targets)  # LoRA on the embeddings already adapts those rows
+    return {k: v for k, v in targets.items() if k not in lora_targets and not (k == "embed_tokens" and skip)}
+
+
+def count_parameters(model) -> tuple[int, int]:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return trainable, total

@@ -1,0 +1,279 @@
+"""The Tune trainable: one experiment, fine-tuned with Hugging Face's Seq2SeqTrainer.
+
+`train_summarizer(config)` is what Ray runs. The work is in `run_trial`, a plain function of the trial's
+config, a `report` callable and an optional checkpoint folder to resume from, so that tests can run it
+without Ray. At every evaluation (each epoch's end, and every `eval_steps` steps where the config sets
+it) dev ROUGE is computed with the config's generation settings, and the metrics are reported together
+with a checkpoint (model/adapter in safetensors, optimizer, scheduler, RNG and trainer state), so that a
+restarted trial continues where it stopped, with the same data order.
+
+The trial config is `{"experiment": <the validated experiment config as a dict>, "run": <what the driver
+decided for this machine: model folder, data folder, mode, ...>}`.
+This module never reads YAML.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import math
+import os
+import resource
+import shutil
+import signal
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from trainables.models import EffectiveSettings, Environment, count_parameters, decide_settings, load_model, load_tokenizer
+
+log = logging.getLogger("trainables.seq2seq")
+
+Report = Callable[[dict[str, Any], "str | None"], None]
+TRIAL_META = "trial_meta.json"  # written into every checkpoint: what predict needs to rebuild the model
+
+
+def halve_batch(batch_size: int, accumulation: int) -> tuple[int, int]:
+    """OOM back-off: half the per-device batch, twice the accumulation, same effective batch."""
+    if batch_size <= 1:
+        raise RuntimeError(
+            "CUDA out of memory even at per-device batch 1: lower tokenizer.encoder_max_len / decoder_max_len, "
+            "turn on training.gradient_checkpointing or qlora.load_in_4bit, or use a card with more memory"
+        )
+    return batch_size // 2, accumulation * 2
+
+
+def _peak_memory() -> dict[str, float]:
+    import torch
+
+    host = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB on Linux
+    gpu = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else 0.0
+    return {"peak_gpu_mem_gb": round(gpu, 3), "peak_host_mem_gb": round(host, 3)}
+
+
+def _make_callbacks(exp, run, settings: EffectiveSettings, report: Report, tokenizer, started: float):
+    import torch
+    from transformers import EarlyStoppingCallback, TrainerCallback
+
+    class EvalAtEpochEnd(TrainerCallback):
+        """With step-based evaluation, still evaluate (and checkpoint) at every epoch's end."""
+
+        def on_epoch_end(self, args, state, control, **kwargs):
+            control.should_evaluate = True
+            control.should_save = True
+
+    class StopOnNaN(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            loss = (logs or {}).get("loss")
+            if loss is not None and not math.isfinite(loss):
+                raise FloatingPointError(
+                    f"{exp['name']}: training loss is {loss} at step {state.global_step} (precision "
+                    f"{settings.precision}); lower training.learning_rate, or use bf16/fp32"
+                )
+
+    class ReportToTune(TrainerCallback):
+        """After each checkpoint save (which follows each evaluation), report its metrics with it."""
+
+        def on_save(self, args, state, control, **kwargs):
+            evals = [h for h in state.log_history if "eval_competition_score" in h]
+            if not evals:
+                return
+            last = evals[-1]
+            losses = [h["loss"] for h in state.log_history if "loss" in h]
+            ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            (ckpt / TRIAL_META).write_text(
+                json.dumps({"experiment": exp, "model_path": run["model_path"], "settings": settings.as_metrics()},
+                           ensure_ascii=False, indent=1)
+            )
+            metrics = {
+                "epoch": round(state.epoch or 0.0, 4),
+                "step": state.global_step,
+                **{k.removeprefix("eval_"): v for k, v in last.items() if k.startswith("eval_") and not k.endswith(("_runtime", "per_second"))},
+                "train_loss": losses[-1] if losses else float("nan"),
+                "elapsed_s": round(time.time() - started, 2),
+                **_peak_memory(),
+                **settings.as_metrics(),
+            }
+            report(metrics, str(ckpt))
+
+    class InjectFault(TrainerCallback):
+        """Tests only (run.fault): kill this process once, or raise an OOM, at a chosen point."""
+
+        def __init__(self, fault: dict[str, Any]):
+            self.fault = fault
+
+        def on_step_end(self, args, state, control, **kwargs):
+            f = self.fault
+            if f.get("oom_above_batch") is not None and args.per_device_train_batch_size > f["oom_above_batch"]:
+                raise torch.OutOfMemoryError("CUDA out of memory (injected by run.fault for a test)")
+            if "kill_after_epoch" in f and (state.epoch or 0) > f["kill_after_epoch"]:
+                marker = Path(f["marker"])
+                if not marker.exists():
+                    marker.write_text(f"killed at step {state.global_step}\n")
+                    os.kill(os.getpid(), signal.SIGKILL)
+
+    callbacks = [EvalAtEpochEnd(), StopOnNaN(), ReportToTune()]
+    patience = exp["training"]["early_stopping_patience"]
+    if patience:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=patience))
+    if run.get("fault"):
+        callbacks.append(InjectFault(run["fault"]))
+    return callbacks
+
+
+def _compute_metrics_fn(exp, tokenizer):
+    import numpy as np
+
+    from trainables.metrics import KoreanRouge, clean_summary
+
+    scorer = KoreanRouge(exp["metric"]["tokenization"])  # the analyzer loads once per trial
+    strip = [t for t in tokenizer.all_special_tokens]
+
+    def compute(eval_pred):
+        preds, labels = eval_pred.predictions, eval_pred.label_ids
+        if isinstance(preds, tuple):
+            preds = preds[0]
+        preds = np.where(preds < 0, tokenizer.pad_token_id, preds)
+        labels = np.where(labels < 0, tokenizer.pad_token_id, labels)
+        decoded = [clean_summary(t, strip) for t in tokenizer.batch_decode(preds, skip_special_tokens=True)]
+        refs = [clean_summary(t, strip) for t in tokenizer.batch_decode(labels, skip_special_tokens=True)]
+        scores = scorer.score(decoded, refs)
+        scores["gen_len"] = float(np.mean([len(p.split()) for p in decoded])) if decoded else 0.0
+        return scores
+
+    return compute
+
+
+def _training_args(exp, run, settings: EffectiveSettings, output_dir: str):
+    from transformers import Seq2SeqTrainingArguments
+
+    t, g, m = exp["training"], exp["generation"], exp["metric"]
+    strategy = "steps" if t["eval_steps"] else "epoch"
+    return Seq2SeqTrainingArguments(
+        output_dir=output_dir,
+        num_train_epochs=t["num_train_epochs"],
+        per_device_train_batch_size=settings.train_batch_size,
+        per_device_eval_batch_size=t["per_device_eval_batch_size"],
+        gradient_accumulation_steps=settings.gradient_accumulation_steps,
+        learning_rate=t["learning_rate"],
+        lr_scheduler_type=t["lr_scheduler_type"],
+        warmup_steps=float(t["warmup_ratio"]),  # transformers 5: a float below 1 is a ratio of all steps
+        weight_decay=t["weight_decay"],
+        max_grad_norm=t["max_grad_norm"],
+        bf16=settings.precision == "bf16",
+        fp16=settings.precision == "fp16",
+        eval_strategy=strategy,
+        save_strategy=strategy,
+        eval_steps=t["eval_steps"],
+        save_steps=t["eval_steps"],
+        save_total_limit=2,  # local scratch only: Tune keeps the reported checkpoints
+        logging_steps=t["logging_steps"],
+        metric_for_best_model=m["best_metric"],
+        greater_is_better=m["best_metric"] != "eval_loss",
+        predict_with_generate=True,
+        generation_max_length=g["max_length"],
+        generation_num_beams=g["num_beams"],
+        train_sampling_strategy="group_by_length" if t["group_by_length"] else "random",
+        seed=t["seed"],
+        data_seed=t["seed"],
+        report_to=["wandb"] if run.get("wandb") else [],
+        run_name=exp["name"],
+        use_cpu=settings.device == "cpu",
+        dataloader_num_workers=0,
+        disable_tqdm=not run.get("progress_bars", False),
+        log_level="warning",
+    )
+
+
+def run_trial(config: dict[str, Any], report: Report, resume_from: str | None = None) -> dict[str, Any]:
+    """Train one experiment; `report(metrics, checkpoint_dir)` is called after every evaluation."""
+    import torch
+    from transformers import DataCollatorForSeq2Seq, PrinterCallback, Seq2SeqTrainer
+
+    from trainables.data import read_split, tokenize_split
+
+    started = time.time()
+    exp = config["experiment"]
+    run = {**config["run"], **config["run"]["models"][exp["model"]["checkpoint"]]}  # adds model_path, model_source
+    if run.get("torch_threads"):
+        torch.set_num_threads(run["torch_threads"])
+    settings = decide_settings(exp, run.get("environment") and Environment(**run["environment"]) or Environment.probe(),
+                               run["model_source"])
+    for note in settings.notes:
+        log.warning("%s: %s", exp["name"], note)
+
+    tok_cfg = exp["tokenizer"]
+    tokenizer = load_tokenizer(run["model_path"], tok_cfg["special_tokens"])
+    data_dir = Path(run["data_dir"])
+    train = tokenize_split(read_split(data_dir, "train").frame, tokenizer, tok_cfg["input_prefix"],
+                           tok_cfg["encoder_max_len"], tok_cfg["decoder_max_len"])
+    dev = tokenize_split(read_split(data_dir, "dev").frame, tokenizer, tok_cfg["input_prefix"],
+                         tok_cfg["encoder_max_len"], tok_cfg["decoder_max_len"])
+    compute_metrics = _compute_metrics_fn(exp, tokenizer)
+    output_dir = tempfile.mkdtemp(prefix=f"hf-{exp['name']}-")
+    try:
+        while True:
+            model = load_model(exp, run["model_path"], tokenizer, settings)
+            gen = exp["generation"]
+            model.generation_config.update(
+                min_length=gen["min_length"], length_penalty=gen["length_penalty"],
+                no_repeat_ngram_size=gen["no_repeat_ngram_size"],
+            )
+            trainable, total = count_parameters(model)
+            log.info("%s: %d of %d parameters trainable (%s)", exp["name"], trainable, total, settings.model_source)
+            trainer = Seq2SeqTrainer(
+                model=model,
+                args=_training_args(exp, run, settings, output_dir),
+                train_dataset=train,
+                eval_dataset=dev,
+                processing_class=tokenizer,
+                data_collator=DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=-100),
+                compute_metrics=compute_metrics,
+                callbacks=_make_callbacks(exp, run, settings, report, tokenizer, started),
+            )
+            trainer.remove_callback(PrinterCallback)  # Tune's table and our reports show progress
+            try:
+                result = trainer.train(resume_from_checkpoint=resume_from)
+                break
+            except torch.OutOfMemoryError:
+                bs, accum = halve_batch(settings.train_batch_size, settings.gradient_accumulation_steps)
+                settings.notes.append(f"CUDA OOM at per-device batch {settings.train_batch_size}: retrying with "
+                                      f"{bs} x {accum} accumulation")
+                log.warning("%s: %s", exp["name"], settings.notes[-1])
+                settings.train_batch_size, settings.gradient_accumulation_steps = bs, accum
+                del trainer, model
+                gc.collect()
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                saved = sorted(Path(output_dir).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+                resume_from = str(saved[-1]) if saved else resume_from
+        return {"train_runtime": result.metrics.get("train_runtime"), **settings.as_metrics()}
+    finally:
+        shutil.rmtree(output_dir, ignore_errors=True)
+
+
+def train_summarizer(config: dict[str, Any]) -> None:
+    """The Ray Tune function trainable: resume from the trial's last checkpoint, report to Tune."""
+    from ray import tune
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("transformers", "datasets", "peft", "bitsandbytes"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+
+    def report(metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
+        checkpoint = tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+        tune.report(metrics, checkpoint=checkpoint)
+
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is None:
+        run_trial(config, report)
+        return
+    local = tempfile.mkdtemp(prefix="resume-")
+    try:
+        resume_dir = checkpoint.to_directory(local)
+        log.warning("%s: resuming from checkpoint %s", config["experiment"]["name"], checkpoint.path)
+        run_trial(config, report, resume_from=resume_dir)
+    finally:
+        shutil.rmtree(local, ignore_errors=True)
