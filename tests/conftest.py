@@ -1,0 +1,36 @@
+"""Shared fixtures: the repo's paths, a stand-in cache, and one smoke-grid run reused by every test that
+only reads its results (a grid costs ~2 minutes on 2 cores; each fresh trial process ~8 s of imports)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args: str, timeout: float = 900, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run `python tune_main7.py ARGS` as a user would; returns the finished process (output captured)."""
+    return subprocess.run(
+        [sys.executable, str(ROOT / "tune_main7.py"), *args], cwd=ROOT, capture_output=True, text=True,
+        timeout=timeout, env={**os.environ, **(env or {})},
+    )
+
+
+@pytest.fixture(scope="session")
+def standin_cache(tmp_path_factory) -> Path:
+    """One stand-in cache for the whole session (stand-ins are rebuilt only when data changes)."""
+    return tmp_path_factory.mktemp("standins")
+
+
+@pytest.fixture(scope="session")
+def smoke_grid(tmp_path_factory, standin_cache) -> tuple[Path, subprocess.CompletedProcess]:
+    """The seven-trial smoke grid, run once through the real command line."""
+    storage = tmp_path_factory.mktemp("ray_results")
+    proc = run_cli("--mode", "smoke", "--storage-path", str(storage), "--name", "smoke-grid",
+                   "--cache-dir", str(standin_cache))
+    return storage / "smoke-grid", proc

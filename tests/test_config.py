@@ -1,0 +1,116 @@
+"""Config loading and validation: every shipped YAML, and the errors a user can make."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from trainables.config import (
+    ConfigError, apply_mode, load_experiment, load_search_space, static_problems, unmatched_lora_targets,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED = sorted((ROOT / "search_spaces").glob("*.yaml"))
+
+
+def test_seven_experiments_ship():
+    assert len(SHIPPED) == 7
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)
+def test_each_shipped_yaml_is_valid_and_has_no_errors(path):
+    cfg = load_experiment(path)
+    errors, _ = static_problems(cfg)
+    assert errors == []
+    assert cfg.name == path.stem
+    assert unmatched_lora_targets(cfg) == []
+
+
+def test_seed_values_are_kept():
+    cfgs = {c.name: c for c in load_search_space(ROOT / "search_spaces")}
+    c7 = cfgs["04_batch_optimization_rtx3090"]
+    assert (c7.training.per_device_train_batch_size, c7.training.gradient_accumulation_steps) == (4, 8)
+    assert (c7.generation.num_beams, c7.qlora.lora_rank, c7.tokenizer.encoder_max_len) == (12, 128, 1024)
+    c4 = cfgs["02_eenzeenee_t5_rtx3090"]
+    assert c4.qlora.use_qlora and not c4.qlora.load_in_4bit  # LoRA on an unquantized base, as the seed wrote
+    assert cfgs["01_mt5_xlsum_optimized_v2"].training.fp16  # kept, corrected at run time
+
+
+def test_fp16_on_t5_family_is_a_warning():
+    cfgs = {c.name: c for c in load_search_space(ROOT / "search_spaces")}
+    _, warnings = static_problems(cfgs["02_eenzeenee_t5_rtx3090"])
+    assert any("fp16" in w for w in warnings)
+    _, warnings = static_problems(cfgs["01_baseline_kobart_rtx3090"])
+    assert warnings == []
+
+
+def _write(tmp_path, name, data) -> Path:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
+    return path
+
+
+def _base() -> dict:
+    return yaml.safe_load((ROOT / "search_spaces" / "01_baseline_kobart_rtx3090.yaml").read_text(encoding="utf-8"))
+
+
+def test_unknown_key_names_file_and_key(tmp_path):
+    data = _base()
+    data["training"]["learning_rat"] = 1e-4
+    path = _write(tmp_path, "bad", data)
+    with pytest.raises(ConfigError) as err:
+        load_experiment(path)
+    assert str(path) in str(err.value) and "training.learning_rat" in str(err.value) and "unknown key" in str(err.value)
+
+
+@pytest.mark.parametrize("section,key,value,needle", [
+    ("training", "learning_rate", -1e-4, "training.learning_rate"),
+    ("training", "per_device_train_batch_size", 0, "training.per_device_train_batch_size"),
+    ("training", "lr_scheduler_type", "warp_speed", "unknown scheduler"),
+    ("model", "architecture", "gpt2", "model.architecture"),
+    ("training", "num_train_epochs", "four", "training.num_train_epochs"),
+])
+def test_bad_values_are_errors(tmp_path, section, key, value, needle):
+    data = _base()
+    data[section][key] = value
+    with pytest.raises(ConfigError, match=needle):
+        load_experiment(_write(tmp_path, "bad", data))
+
+
+def test_yaml_syntax_error_names_line(tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("model:\n  checkpoint: [unclosed\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"broken.yaml: YAML syntax error at line"):
+        load_experiment(path)
+
+
+def test_duplicate_names_and_empty_folder(tmp_path):
+    with pytest.raises(ConfigError, match="no \\*.yaml"):
+        load_search_space(tmp_path)
+    data = _base()
+    _write(tmp_path, "a", {**data, "name": "same"})
+    _write(tmp_path, "b", {**data, "name": "same"})
+    with pytest.raises(ConfigError, match="already used"):
+        load_search_space(tmp_path)
+
+
+def test_seed_wi_target_is_caught(tmp_path):
+    data = yaml.safe_load((ROOT / "search_spaces" / "01_mt5_xlsum_optimized_v2.yaml").read_text(encoding="utf-8"))
+    data["qlora"]["target_modules"] = ["q", "k", "v", "o", "wi", "wo"]
+    cfg = load_experiment(_write(tmp_path, "seed_mt5", data))
+    errors, _ = static_problems(cfg)
+    assert errors and "wi_0 and wi_1" in errors[0]
+
+
+def test_modes_change_only_what_they_say():
+    cfg = load_experiment(ROOT / "search_spaces" / "01_mt5_xlsum_ultimate.yaml")
+    full, changes = apply_mode(cfg, "full")
+    assert changes == [] and full == cfg.model_dump()
+    quick, changes = apply_mode(cfg, "quick")
+    assert quick["training"]["num_train_epochs"] == 1 and changes == ["training.num_train_epochs: 8 -> 1"]
+    smoke, changes = apply_mode(cfg, "smoke")
+    assert smoke["generation"]["num_beams"] <= 2 and smoke["tokenizer"]["encoder_max_len"] <= 192
+    assert smoke["qlora"]["use_qlora"] and smoke["qlora"]["load_in_4bit"]  # QLoRA path kept in smoke
+    assert any(c.startswith("generation.num_beams") for c in changes)
+    with pytest.raises(ConfigError, match="unknown mode"):
+        apply_mode(cfg, "turbo")
