@@ -6,7 +6,8 @@
   python tune_main7.py --mode full           # real models, each config's epochs
   python tune_main7.py --resume [DIR]        # continue an interrupted experiment (latest by default)
   python tune_main7.py check [--mode M]      # validate configs and data, start nothing
-  python tune_main7.py report [DIR]          # result table of an experiment (latest by default)
+  python tune_main7.py report [DIR]          # result table and plots of an experiment (latest by default)
+  python tune_main7.py predict [DIR]         # submission.csv from the best checkpoint (or --checkpoint PATH)
 
 Heavy libraries (torch, ray, transformers) are imported only once a command needs them.
 """
@@ -19,7 +20,17 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-COMMANDS = ("run", "check", "report")
+COMMANDS = ("run", "check", "report", "predict")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return value
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -27,7 +38,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         prog="tune_main7.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("command", nargs="?", default="run", choices=COMMANDS, help="what to do (default: run)")
-    parser.add_argument("target", nargs="?", help="report: the experiment folder (default: the latest)")
+    parser.add_argument("target", nargs="?", help="report/predict: the experiment folder (default: the latest)")
     parser.add_argument("--mode", default="smoke", choices=("smoke", "quick", "full"),
                         help="smoke: offline stand-ins on CPU; quick: real models, 1 epoch; full: real models")
     parser.add_argument("--resume", nargs="?", const="latest", metavar="DIR",
@@ -35,24 +46,37 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--search-space", default=str(HERE / "search_spaces"), help="folder of experiment YAMLs")
     parser.add_argument("--only", nargs="+", metavar="NAME", help="run only these experiments")
     parser.add_argument("--data-dir", default=str(HERE / "data"), help="folder with train.csv, dev.csv, test.csv")
-    parser.add_argument("--storage-path", default=str(HERE / "ray_results"), help="where Tune writes results")
+    parser.add_argument("--storage-path", default=str(HERE / "ray_results"),
+                        help="where Tune writes results: a folder (shared/mounted on a cluster) or a URI such as s3://bucket/x")
     parser.add_argument("--name", help="experiment folder name (default: main7-<mode>-<timestamp>)")
     parser.add_argument("--cache-dir", help="where stand-in models are built (default: ~/.cache/tune_main7)")
     parser.add_argument("--metric", default="competition_score",
                         choices=("competition_score", "rouge1", "rouge2", "rougeL", "eval_loss"),
                         help="chooses the best checkpoint of each trial and the best trial")
-    parser.add_argument("--max-concurrent", type=int, help="trials at once (default: the GPUs, or CPUs in smoke)")
+    parser.add_argument("--max-concurrent", type=int, help="trials at once (default: the GPUs, the cluster's with --address, or CPUs in smoke)")
     parser.add_argument("--max-failures", type=int, default=2, help="retries of a failed trial from its checkpoint")
+    parser.add_argument("--keep-checkpoints", type=_positive_int, default=1, metavar="N",
+                        help="per trial, keep the N best checkpoints by --metric plus always the latest "
+                             "(default 1: the best and the latest, at most two folders)")
     parser.add_argument("--allow-cpu", action="store_true", help="quick/full without a GPU: run on the CPU")
-    parser.add_argument("--address", help="connect to an existing Ray cluster (auto, or ray://host:port)")
+    parser.add_argument("--gpu", action="store_true",
+                        help="smoke mode on GPUs: stand-in models, but one GPU per trial (checks the GPU stack offline)")
+    parser.add_argument("--address", help="connect to an existing Ray cluster (auto, host:port or ray://host:port; RAY_ADDRESS works too)")
     parser.add_argument("--dashboard", action="store_true", help="start the Ray dashboard on 127.0.0.1")
-    parser.add_argument("--wandb", action="store_true", help="log each trial to Weights & Biases")
+    parser.add_argument("--wandb", action="store_true",
+                        help="log each trial to Weights & Biases (offline unless WANDB_API_KEY is set; TUNE_MAIN7_WANDB=1 works too)")
+    parser.add_argument("--wandb-project", help="W&B project (default: $WANDB_PROJECT or dialogue-summarization-tune)")
+    parser.add_argument("--checkpoint", help="predict: this checkpoint folder instead of the best trial's best")
+    parser.add_argument("--out", help="predict: the submission CSV (default: <experiment>/submission.csv)")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from trainables.secrets import load_dotenv_files
+
+    load_dotenv_files()  # WANDB_API_KEY, HF_TOKEN, ... from ./.env or the repo's .env; never overrides the env
     from trainables import launch
     from trainables.models import ModelUnavailable
 
@@ -66,6 +90,19 @@ def main(argv: list[str] | None = None) -> int:
             if target is None or not target.is_dir():
                 return launch.fail(f"no experiment found at {args.target or args.storage_path}")
             print_summary(target, args.metric)
+            return 0
+        if args.command == "predict":
+            from trainables.predict import PredictError, predict
+            from trainables.report import latest_experiment
+
+            target = Path(args.target) if args.target else latest_experiment(Path(args.storage_path))
+            if args.checkpoint is None and (target is None or not target.is_dir()):
+                return launch.fail(f"no experiment found at {args.target or args.storage_path}")
+            out = Path(args.out) if args.out else (target or Path.cwd()) / "submission.csv"
+            try:
+                predict(target, args.checkpoint, out, Path(args.data_dir), args.metric)
+            except PredictError as err:
+                return launch.fail(str(err))
             return 0
         if args.resume:
             return launch.resume_grid(args)

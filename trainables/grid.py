@@ -25,13 +25,28 @@ class GridPlan:
 
     experiments: list[dict[str, Any]]  # validated, mode-applied experiment dicts
     run: dict[str, Any]  # the trials' shared `run` section (models table, data folder, mode, ...)
-    storage_path: Path
+    storage_path: Path | str  # a local folder (absolute), or a URI such as s3://bucket/ray_results, passed to Tune as is
     name: str
     use_gpu: bool
     max_concurrent: int | None
     metric: str = "competition_score"
     max_failures: int = 2
-    keep_checkpoints: int = 2
+    keep_checkpoints: int = 1  # the N best by metric; Ray always keeps the latest too
+
+
+def is_uri(path: Path | str) -> bool:
+    """s3://..., gs://..., file://...: storage that Tune reaches through pyarrow.fs, not a local path."""
+    return "://" in str(path)
+
+
+def storage_location(path: Path | str) -> str:
+    """What RunConfig(storage_path=...) gets: a URI untouched, a local path made absolute."""
+    return str(path) if is_uri(path) else str(Path(path).resolve())
+
+
+def experiment_location(plan: "GridPlan") -> str:
+    """The experiment folder: `<storage>/<name>`, a local path or a URI."""
+    return f"{storage_location(plan.storage_path).rstrip('/')}/{plan.name}"
 
 
 def experiment_name(mode: str) -> str:
@@ -47,28 +62,38 @@ def _trial_dirname(trial) -> str:
     return f"{trial.config['experiment']['name']}_{trial.trial_id}"
 
 
-def _trainable(use_gpu: bool):
+def _trainable(use_gpu: bool, trainable=None):
     from ray import tune
 
-    from trainables.seq2seq import train_summarizer
+    if trainable is None:
+        from trainables.seq2seq import train_summarizer as trainable
 
-    return tune.with_resources(train_summarizer, trial_resources(use_gpu))
+    return tune.with_resources(trainable, trial_resources(use_gpu))
 
 
-def build_tuner(plan: GridPlan):
+def build_tuner(plan: GridPlan, trainable=None):
+    """The grid's Tuner. `trainable` replaces train_summarizer (tests schedule trivial trials with it)."""
     from ray import tune
+
+    from trainables.summaries import progress_reporter, run_callbacks, use_legacy_progress_output
+
+    use_legacy_progress_output()
 
     return tune.Tuner(
-        _trainable(plan.use_gpu),
+        _trainable(plan.use_gpu, trainable),
         param_space={"experiment": tune.grid_search(plan.experiments), "run": plan.run},
         tune_config=tune.TuneConfig(
             max_concurrent_trials=plan.max_concurrent,
             trial_dirname_creator=_trial_dirname,
+            trial_name_creator=_trial_dirname,  # the progress table and W&B runs show the config name
             reuse_actors=False,  # each trial its own process: GPU memory is freed between trials
         ),
         run_config=tune.RunConfig(
             name=plan.name,
-            storage_path=str(plan.storage_path.resolve()),
+            storage_path=storage_location(plan.storage_path),
+            # live summary (and W&B when asked) as trials report; our trial table instead of Ray's default
+            callbacks=run_callbacks(experiment_location(plan), plan.metric, plan.run),
+            progress_reporter=progress_reporter(plan.metric),
             checkpoint_config=tune.CheckpointConfig(
                 num_to_keep=plan.keep_checkpoints,
                 checkpoint_score_attribute=plan.metric,
@@ -80,19 +105,38 @@ def build_tuner(plan: GridPlan):
     )
 
 
-def write_marker(experiment_dir: Path, plan: GridPlan) -> None:
+def write_marker(experiment_dir: Path | str, plan: GridPlan) -> None:
     import json
 
-    experiment_dir.mkdir(parents=True, exist_ok=True)
-    (experiment_dir / MARKER).write_text(json.dumps(
+    text = json.dumps(
         {"name": plan.name, "mode": plan.run["mode"], "use_gpu": plan.use_gpu, "metric": plan.metric,
          "experiments": [e["name"] for e in plan.experiments], "created": datetime.now().isoformat(timespec="seconds")},
-        indent=1))
+        indent=1)
+    if is_uri(experiment_dir):  # shared storage (s3://, gs://, ...): through pyarrow.fs, as Tune writes there
+        import pyarrow.fs
+
+        fs, path = pyarrow.fs.FileSystem.from_uri(str(experiment_dir))
+        fs.create_dir(path, recursive=True)
+        with fs.open_output_stream(f"{path.rstrip('/')}/{MARKER}") as out:
+            out.write(text.encode())
+        return
+    experiment_dir = Path(experiment_dir)
+    experiment_dir.mkdir(parents=True, exist_ok=True)
+    (experiment_dir / MARKER).write_text(text)
 
 
-def read_marker(experiment_dir: Path) -> dict[str, Any] | None:
+def read_marker(experiment_dir: Path | str) -> dict[str, Any] | None:
     import json
 
+    if is_uri(experiment_dir):
+        import pyarrow.fs
+
+        fs, path = pyarrow.fs.FileSystem.from_uri(str(experiment_dir))
+        marker = f"{path.rstrip('/')}/{MARKER}"
+        if fs.get_file_info(marker).type != pyarrow.fs.FileType.File:
+            return None
+        with fs.open_input_stream(marker) as stream:
+            return json.loads(stream.read().decode())
     marker = Path(experiment_dir) / MARKER
     return json.loads(marker.read_text()) if marker.exists() else None
 
@@ -100,8 +144,12 @@ def read_marker(experiment_dir: Path) -> dict[str, Any] | None:
 def restore_tuner(experiment_dir: Path):
     from ray import tune
 
+    from trainables.summaries import default_wandb_mode, use_legacy_progress_output
+
+    use_legacy_progress_output()  # the restored RunConfig brings our progress reporter and callbacks back
+    default_wandb_mode()
     marker = read_marker(experiment_dir) or {}
     return tune.Tuner.restore(
-        str(Path(experiment_dir).resolve()), trainable=_trainable(marker.get("use_gpu", False)),
+        storage_location(experiment_dir), trainable=_trainable(marker.get("use_gpu", False)),
         resume_errored=True, restart_errored=False,
     )

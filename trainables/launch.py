@@ -15,6 +15,7 @@ from typing import Any
 from trainables.config import ConfigError, apply_mode, load_search_space, static_problems
 from trainables.data import DataError, check_data_dir, training_texts
 from trainables.grid import GridPlan, experiment_name
+from trainables.secrets import check_no_secrets
 
 log = logging.getLogger("tune_main7")
 
@@ -57,6 +58,9 @@ def prepare_models(experiments: list[dict[str, Any]], mode: str, data_dir: Path,
 
     models: dict[str, dict] = {}
     if mode == "smoke":
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # no "Writing model shards" bars for the stand-ins
         texts = training_texts(data_dir)
         for exp in experiments:
             arch, checkpoint = exp["model"]["architecture"], exp["model"]["checkpoint"]
@@ -75,19 +79,20 @@ def prepare_models(experiments: list[dict[str, Any]], mode: str, data_dir: Path,
 def plan_run(args) -> GridPlan:
     from trainables.models import default_cache_dir
 
+    fault = fault_from_env()  # testing hook; a bad value stops here, before anything is built
     experiments, warnings = check_inputs(args)
     for w in warnings:
         log.warning(w)
-    use_gpu = args.mode != "smoke" and not args.allow_cpu
+    use_gpu = (args.mode != "smoke" or getattr(args, "gpu", False)) and not args.allow_cpu
     if not use_gpu:
         max_concurrent = args.max_concurrent or os.cpu_count() or 1
-    elif args.address:
-        max_concurrent = args.max_concurrent  # None: as many as the cluster's GPUs allow
+    elif args.address or os.environ.get("RAY_ADDRESS"):
+        max_concurrent = args.max_concurrent  # None: run_grid sets the cluster's GPU count once connected
     else:
         gpus = count_local_gpus()
         if gpus == 0:
             raise UsageError(
-                f"--mode {args.mode} trains the real models and needs a CUDA GPU, and this machine has none.\n"
+                f"--mode {args.mode}{' --gpu' if args.mode == 'smoke' else ''} needs a CUDA GPU, and this machine has none.\n"
                 "  Run `python tune_main7.py --mode smoke` for the offline run on stand-in models, or add --allow-cpu "
                 "to run the real models on the CPU (very slow)."
             )
@@ -100,22 +105,76 @@ def plan_run(args) -> GridPlan:
         "models": models,
         "torch_threads": 1 if not use_gpu else None,
         "wandb": bool(args.wandb),
+        "wandb_project": getattr(args, "wandb_project", None),
     }
+    if fault:
+        run["fault"] = fault
+    check_no_secrets(run, "the trials' `run` config")
     return GridPlan(
-        experiments=experiments, run=run, storage_path=Path(args.storage_path).resolve(),
+        experiments=experiments, run=run, storage_path=storage_arg(args.storage_path),
         name=args.name or experiment_name(args.mode), use_gpu=use_gpu, max_concurrent=max_concurrent,
         metric=args.metric, max_failures=args.max_failures,
+        keep_checkpoints=getattr(args, "keep_checkpoints", None) or 1,
     )
 
 
+FAULT_ENV = "TUNE_MAIN7_FAULT"  # testing hook, not for users: JSON for run["fault"] (see seq2seq.InjectFault)
+
+
+def fault_from_env() -> dict[str, Any] | None:
+    import json
+
+    raw = os.environ.get(FAULT_ENV)
+    if not raw:
+        return None
+    try:
+        fault = json.loads(raw)
+    except json.JSONDecodeError as err:
+        raise UsageError(f"{FAULT_ENV} is not JSON ({err}); it is a testing hook: unset it") from None
+    if not isinstance(fault, dict):
+        raise UsageError(f"{FAULT_ENV} must be a JSON object; it is a testing hook: unset it")
+    log.warning("%s set: injecting a fault into the trials (testing hook): %s", FAULT_ENV, fault)
+    return fault
+
+
+def storage_arg(storage_path: str) -> Path | str:
+    """--storage-path: a URI (s3://, gs://, ...) as given, for Tune to reach through pyarrow.fs; a local path made absolute."""
+    return storage_path if "://" in str(storage_path) else Path(storage_path).resolve()
+
+
 def worker_env(mode: str) -> dict[str, str]:
-    env = {"TOKENIZERS_PARALLELISM": "false", "PYTHONWARNINGS": "ignore::FutureWarning,ignore::UserWarning"}
+    env = {"TOKENIZERS_PARALLELISM": "false", "PYTHONWARNINGS": "ignore::FutureWarning,ignore::UserWarning",
+           # Tune's trial table shows progress: no per-trial load/save bars or advisory notes in the driver's output
+           "HF_HUB_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_VERBOSITY": "error",
+           "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1", "WANDB_SILENT": "true"}
     if mode == "smoke":
         env["HF_HUB_OFFLINE"] = "1"  # stand-ins only: never wait on a hub
+    # Ray logs runtime_env: secrets reach the trials by inheritance from the driver's environment instead.
+    check_no_secrets(env, "Ray's runtime_env env_vars")
     return env
 
 
-def start_ray(args, mode: str, use_gpu: bool) -> None:
+def dashboard_message(context) -> str:
+    """Where the dashboard is and how to get in: local Ray 2.60 turns token authentication on by default."""
+    url = getattr(context, "dashboard_url", None)
+    if not url:
+        return "Ray dashboard: not running (pip install 'ray[default]' for it)"
+    url = url if "://" in url else f"http://{url}"
+    lines = [f"Ray dashboard: {url}  (bound to 127.0.0.1: from another machine, `ssh -L 8265:127.0.0.1:8265 HOST`)"]
+    try:
+        from ray._private.authentication.authentication_utils import is_token_auth_enabled
+
+        token_auth = is_token_auth_enabled()
+    except Exception:
+        token_auth = os.environ.get("RAY_AUTH_MODE", "").lower() == "token"
+    if token_auth:
+        lines.append("  It asks for a token: paste the output of `ray get-auth-token` (the file ~/.ray/auth_token); "
+                     "for the HTTP API send `Authorization: Bearer <token>`")
+    return "\n".join(lines)
+
+
+def start_ray(args, mode: str, use_gpu: bool) -> int:
+    """Start a local Ray, or connect to the cluster at --address / RAY_ADDRESS; return the cluster's GPU count."""
     import ray
 
     kwargs: dict[str, Any] = {
@@ -129,7 +188,9 @@ def start_ray(args, mode: str, use_gpu: bool) -> None:
         kwargs["dashboard_host"] = "127.0.0.1"
     if args.address:
         kwargs["address"] = args.address
-    ray.init(**kwargs)
+    context = ray.init(**kwargs)
+    if args.dashboard:
+        print(dashboard_message(context), flush=True)
     if use_gpu:
         gpus = ray.cluster_resources().get("GPU", 0)
         if gpus < 1:
@@ -138,29 +199,42 @@ def start_ray(args, mode: str, use_gpu: bool) -> None:
                 f"the Ray cluster at {args.address or 'local'} has no GPU, so {{'gpu': 1}} trials would wait forever; "
                 "use --mode smoke, or --allow-cpu"
             )
+    return int(ray.cluster_resources().get("GPU", 0))
 
 
 def run_grid(args) -> int:
-    from trainables.grid import build_tuner, write_marker
+    from trainables.grid import build_tuner, experiment_location, is_uri, write_marker
     from trainables.report import print_summary
 
     plan = plan_run(args)
-    start_ray(args, plan.run["mode"], plan.use_gpu)
-    experiment_dir = plan.storage_path / plan.name
+    gpus = start_ray(args, plan.run["mode"], plan.use_gpu)
+    if plan.use_gpu and plan.max_concurrent is None:
+        plan.max_concurrent = gpus  # --address: as many trials at once as the cluster has GPUs
+    experiment_dir = experiment_location(plan)
     write_marker(experiment_dir, plan)
     print(f"Experiment {plan.name}: {len(plan.experiments)} trials, mode {plan.run['mode']}, "
           f"{'1 GPU' if plan.use_gpu else '1 CPU'} per trial, up to {plan.max_concurrent} at once\n"
           f"Results: {experiment_dir}", flush=True)
     tuner = build_tuner(plan)
     tuner.fit()
-    return print_summary(experiment_dir, plan.metric)
+    if is_uri(experiment_dir):
+        print(f"Results are in {experiment_dir}; `report` and `--resume latest` read a local or mounted path "
+              f"(`--resume {experiment_dir}` works from any node)", flush=True)
+        return 0
+    return print_summary(Path(experiment_dir), plan.metric)
 
 
 def resume_grid(args) -> int:
     from trainables.grid import read_marker, restore_tuner
     from trainables.report import latest_experiment, print_summary
 
-    target = Path(args.resume) if args.resume not in (None, "latest") else latest_experiment(Path(args.storage_path))
+    if args.resume in (None, "latest") and "://" in str(args.storage_path):
+        raise UsageError(f"--resume latest needs a local or mounted --storage-path; with {args.storage_path} "
+                         "pass the experiment: --resume <storage URI>/<experiment name>")
+    if "://" in str(args.resume):
+        target = args.resume.rstrip("/")  # an experiment on shared storage (s3://...): marker and restore via pyarrow.fs
+    else:
+        target = Path(args.resume) if args.resume not in (None, "latest") else latest_experiment(Path(args.storage_path))
     if target is None:
         raise UsageError(f"nothing to resume: no experiment of ours under {Path(args.storage_path).resolve()}")
     marker = read_marker(target)
@@ -170,6 +244,9 @@ def resume_grid(args) -> int:
     print(f"Resuming {target}", flush=True)
     start_ray(args, marker["mode"], marker["use_gpu"])
     restore_tuner(target).fit()
+    if isinstance(target, str):
+        print(f"Results are in {target}", flush=True)
+        return 0
     return print_summary(target, marker.get("metric", "competition_score"))
 
 

@@ -1,6 +1,8 @@
-"""Reading results with Ray Tune's own records (`tune.ExperimentAnalysis`): tables and summaries.
+"""Reading results with Ray Tune's own records (`tune.ExperimentAnalysis`): tables, plots and summaries.
 
-Works on a finished, running or partly failed experiment; never imports the trainable.
+Works on a finished, running or partly failed experiment (a trial with no result yet, or in ERROR, is still
+listed); never imports the trainable. `summarize_results` turns one trial's reported results into its table
+row, and is shared with the live summary callback (`trainables.summaries`), so the two always agree.
 """
 
 from __future__ import annotations
@@ -9,9 +11,15 @@ import math
 from pathlib import Path
 from typing import Any
 
-from trainables.grid import EXPERIMENT_PREFIX, MARKER
+from trainables.grid import EXPERIMENT_PREFIX, MARKER  # noqa: F401  (EXPERIMENT_PREFIX: re-exported)
 
 SCORE_COLUMNS = ("competition_score", "rouge1", "rouge2", "rougeL")
+LOSS_COLUMNS = ("train_loss", "eval_loss")
+EFFECTIVE_COLUMNS = ("eff_device", "eff_precision", "eff_load_in_4bit", "eff_lora", "eff_unsloth",
+                     "eff_train_batch_size", "eff_gradient_accumulation_steps", "eff_model_source")
+TABLE_COLUMNS = ["name", "model", "status", "evaluations", "best_epoch", *SCORE_COLUMNS, "eval_loss",
+                 "train_time_s", "peak_gpu_mem_gb", "peak_host_mem_gb", "eff_precision", "eff_load_in_4bit",
+                 "eff_lora", "eff_train_batch_size", "eff_gradient_accumulation_steps"]
 
 
 def latest_experiment(storage_path: Path) -> Path | None:
@@ -23,34 +31,89 @@ def latest_experiment(storage_path: Path) -> Path | None:
     return max(ours, key=lambda p: (p / MARKER).stat().st_mtime) if ours else None
 
 
+def mode_of(metric: str) -> str:
+    return "min" if metric == "eval_loss" else "max"
+
+
 def load_analysis(experiment_dir: Path, metric: str = "competition_score"):
     from ray.tune import ExperimentAnalysis
 
-    return ExperimentAnalysis(str(Path(experiment_dir).resolve()), default_metric=metric,
-                              default_mode="min" if metric == "eval_loss" else "max")
+    return ExperimentAnalysis(str(Path(experiment_dir).resolve()), default_metric=metric, default_mode=mode_of(metric))
 
 
-def trial_rows(experiment_dir: Path, metric: str = "competition_score") -> list[dict[str, Any]]:
-    """One row per trial: its config name, status, best scores and where they happened."""
-    analysis = load_analysis(experiment_dir, metric)
+def number(value: Any) -> float | None:
+    """A finite float, or None (missing, NaN, not a number)."""
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars -> Python; NaN -> None (JSON-safe)."""
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
+        try:
+            value = value.item()
+        except (ValueError, AttributeError):
+            pass
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def with_eval_loss(result: dict[str, Any]) -> dict[str, Any]:
+    """Results reported before `eval_loss` had its own key carry the dev loss as `loss`."""
+    if number(result.get("eval_loss")) is None and number(result.get("loss")) is not None:
+        result = {**result, "eval_loss": result["loss"]}
+    return result
+
+
+def summarize_results(results: list[dict[str, Any]], metric: str = "competition_score") -> dict[str, Any]:
+    """One trial's row from its reported results (in order): the best evaluation by `metric` (its scores and
+    epoch), train time and peak memory so far, and the effective settings of the last report."""
+    results = [with_eval_loss(r) for r in results]
+    row: dict[str, Any] = {"evaluations": len(results)}
+    scored = [r for r in results if number(r.get(metric)) is not None]
+    if scored:
+        pick = min if mode_of(metric) == "min" else max
+        best = pick(scored, key=lambda r: number(r[metric]))  # first of equals, like DataFrame.idxmax
+        row["best_epoch"] = _plain(best.get("epoch"))
+        row["best_iteration"] = _plain(best.get("training_iteration"))
+        row["best_checkpoint_dir_name"] = _plain(best.get("checkpoint_dir_name"))  # in the trial's folder
+        for column in (*SCORE_COLUMNS, "eval_loss"):
+            row[column] = _plain(best.get(column))
+    if results:
+        last = results[-1]
+        row["last_epoch"] = _plain(last.get("epoch"))
+        row["train_time_s"] = _plain(last.get("elapsed_s"))
+        for column in ("peak_gpu_mem_gb", "peak_host_mem_gb"):
+            values = [v for v in (number(r.get(column)) for r in results) if v is not None]
+            row[column] = max(values) if values else None
+        for column in EFFECTIVE_COLUMNS:
+            row[column] = _plain(last.get(column))
+    return row
+
+
+def _frame_results(frame) -> list[dict[str, Any]]:
+    if frame is None or len(frame) == 0:
+        return []
+    if "training_iteration" in frame:
+        frame = frame.sort_values("training_iteration")
+    return frame.to_dict("records")
+
+
+def trial_rows(experiment_dir: Path, metric: str = "competition_score", analysis=None) -> list[dict[str, Any]]:
+    """One row per trial (sorted by config name): its config name, model, status, best scores and where."""
+    analysis = analysis or load_analysis(experiment_dir, metric)
     frames = analysis.trial_dataframes
     rows = []
     for trial in sorted(analysis.trials, key=lambda t: t.config["experiment"]["name"]):
         exp = trial.config["experiment"]
-        frame = frames.get(trial.trial_id)
-        row: dict[str, Any] = {
+        rows.append({
             "name": exp["name"], "model": exp["model"]["checkpoint"], "status": trial.status,
-            "evaluations": 0 if frame is None else len(frame),
-        }
-        if frame is not None and metric in frame and frame[metric].notna().any():
-            best = frame.loc[frame[metric].idxmin() if metric == "eval_loss" else frame[metric].idxmax()]
-            for column in (*SCORE_COLUMNS, "epoch", "eval_loss"):
-                row[column] = best.get(column)
-            last = frame.iloc[-1]
-            for column in ("elapsed_s", "peak_gpu_mem_gb", "eff_precision", "eff_load_in_4bit", "eff_unsloth",
-                           "eff_train_batch_size", "eff_gradient_accumulation_steps", "eff_model_source"):
-                row[column] = last.get(column)
-        rows.append(row)
+            "trial_id": trial.trial_id, **summarize_results(_frame_results(frames.get(trial.trial_id)), metric),
+        })
     return rows
 
 
@@ -67,19 +130,109 @@ def format_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
     return "\n".join([line(columns), line(["-" * w for w in widths]), *(line(r) for r in cells)])
 
 
-def print_summary(experiment_dir: Path, metric: str = "competition_score") -> int:
-    """Print the result table; return 0 when every trial finished, 1 otherwise."""
-    rows = trial_rows(experiment_dir, metric)
-    columns = ["name", "status", "evaluations", "epoch", *SCORE_COLUMNS, "eff_precision", "eff_load_in_4bit",
-               "eff_train_batch_size", "elapsed_s", "peak_gpu_mem_gb"]
-    print(f"\nResults of {experiment_dir} (best {metric} per trial; scores are F1, competition_score = mean x 100)")
-    print(format_table(rows, columns))
-    analysis = load_analysis(experiment_dir, metric)
+def best_trial_and_checkpoint(analysis, metric: str = "competition_score"):
+    """(best trial, its best checkpoint path or None); (None, None) while no trial has reported `metric`."""
     try:
-        best = analysis.get_best_trial(metric=metric, scope="all")
+        best = analysis.get_best_trial(metric=metric, mode=mode_of(metric), scope="all")
     except Exception:  # no trial reported the metric yet
         best = None
+    if best is None:
+        return None, None
+    try:
+        checkpoint = analysis.get_best_checkpoint(best, metric=metric, mode=mode_of(metric))
+    except Exception:
+        checkpoint = None
+    return best, (checkpoint.path if checkpoint else None)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Plots
+
+
+def plot_curves(experiment_dir: Path, out_dir: Path | None = None, analysis=None) -> list[Path]:
+    """rouge.png (competition_score, ROUGE-1/2/L per epoch) and loss.png (train and eval loss per epoch),
+    one line per trial, written to `<experiment dir>/report/` (or `out_dir`); returns the paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    analysis = analysis or load_analysis(experiment_dir)
+    out_dir = Path(out_dir or Path(experiment_dir) / "report")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    frames = analysis.trial_dataframes
+    series = []  # (name, status, frame)
+    for trial in sorted(analysis.trials, key=lambda t: t.config["experiment"]["name"]):
+        frame = frames.get(trial.trial_id)
+        if frame is not None and len(frame) and "training_iteration" in frame:
+            frame = frame.sort_values("training_iteration")
+        if frame is not None and len(frame) and "loss" in frame:
+            frame = frame.copy()
+            frame["eval_loss"] = frame["eval_loss"].fillna(frame["loss"]) if "eval_loss" in frame else frame["loss"]
+        series.append((trial.config["experiment"]["name"], trial.status, frame))
+    name = Path(experiment_dir).resolve().name
+    panels = {
+        "rouge.png": [("competition_score", "competition score (mean ROUGE F1 x 100)"), ("rouge1", "ROUGE-1 F1"),
+                      ("rouge2", "ROUGE-2 F1"), ("rougeL", "ROUGE-L F1")],
+        "loss.png": [("train_loss", "training loss (last logged)"), ("eval_loss", "dev loss")],
+    }
+    titles = {"rouge.png": "Dev ROUGE per epoch", "loss.png": "Loss per epoch"}
+    cmap = plt.get_cmap("tab10")
+    written = []
+    for filename, metrics in panels.items():
+        ncols = 2
+        nrows = math.ceil(len(metrics) / ncols)
+        fig, axes = plt.subplots(nrows, ncols, figsize=(12, 4.2 * nrows + 1.2), squeeze=False)
+        handles = {}
+        for ax, (column, label) in zip(axes.flat, metrics):
+            for i, (trial_name, status, frame) in enumerate(series):
+                empty = frame is None or not any(c in frame and frame[c].notna().any() for c, _ in metrics)
+                notes = [s for s in ((status if status != "TERMINATED" else ""), ("no results yet" if empty else "")) if s]
+                legend = trial_name + (f" ({', '.join(notes)})" if notes else "")
+                if frame is None or column not in frame or "epoch" not in frame or frame[column].notna().sum() == 0:
+                    handles.setdefault(legend, ax.plot([], [], color=cmap(i % 10), marker="o")[0])
+                    continue
+                ok = frame[column].notna()
+                (line,) = ax.plot(frame["epoch"][ok], frame[column][ok], marker="o", color=cmap(i % 10),
+                                  linestyle="-" if status == "TERMINATED" else "--")
+                handles.setdefault(legend, line)
+            ax.set_title(label)
+            ax.set_xlabel("epoch")
+            ax.set_ylabel(column)
+            ax.grid(True, alpha=0.3)
+        fig.suptitle(f"{titles[filename]} — {name}", fontsize=13)
+        fig.legend(list(handles.values()), list(handles.keys()), loc="lower center", ncol=min(3, max(1, len(handles))),
+                   fontsize=9, frameon=False)
+        legend_rows = math.ceil(len(handles) / 3)
+        fig.tight_layout(rect=(0, 0.04 + 0.035 * legend_rows, 1, 0.95))
+        path = out_dir / filename
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+# ---------------------------------------------------------------------------------------------------
+# The `report` command
+
+
+def print_summary(experiment_dir: Path, metric: str = "competition_score", plots: bool = True) -> int:
+    """Print the result table, the best trial and its checkpoint, and write the plots; return 0 when every
+    trial finished, 1 otherwise."""
+    analysis = load_analysis(experiment_dir, metric)
+    rows = trial_rows(experiment_dir, metric, analysis=analysis)
+    print(f"\nResults of {experiment_dir} (best {metric} per trial, at best_epoch; scores are F1, "
+          "competition_score = mean x 100; train_time_s and peak memory up to the last report)")
+    print(format_table(rows, TABLE_COLUMNS))
+    best, checkpoint = best_trial_and_checkpoint(analysis, metric)
     if best is not None:
-        checkpoint = analysis.get_best_checkpoint(best, metric=metric)
-        print(f"Best trial: {best.config['experiment']['name']}  checkpoint: {checkpoint.path if checkpoint else '-'}")
+        print(f"Best trial: {best.config['experiment']['name']} ({best.trial_id})  checkpoint: {checkpoint or '-'}")
+    else:
+        print(f"Best trial: none yet (no trial has reported {metric})")
+    if plots:
+        try:
+            for path in plot_curves(experiment_dir, analysis=analysis):
+                print(f"Plot: {path}")
+        except Exception as err:  # a plot must never hide the table
+            print(f"(plots not written: {type(err).__name__}: {err})")
     return 0 if rows and all(r["status"] == "TERMINATED" for r in rows) else 1

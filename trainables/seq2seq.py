@@ -91,6 +91,7 @@ def _make_callbacks(exp, run, settings: EffectiveSettings, report: Report, token
                 "epoch": round(state.epoch or 0.0, 4),
                 "step": state.global_step,
                 **{k.removeprefix("eval_"): v for k, v in last.items() if k.startswith("eval_") and not k.endswith(("_runtime", "per_second"))},
+                "eval_loss": last.get("eval_loss", float("nan")),  # the prefix-stripped key is "loss": keep the clear name
                 "train_loss": losses[-1] if losses else float("nan"),
                 "elapsed_s": round(time.time() - started, 2),
                 **_peak_memory(),
@@ -170,6 +171,7 @@ def _training_args(exp, run, settings: EffectiveSettings, output_dir: str):
         save_steps=t["eval_steps"],
         save_total_limit=2,  # local scratch only: Tune keeps the reported checkpoints
         logging_steps=t["logging_steps"],
+        logging_nan_inf_filter=False,  # the default swaps a NaN/inf step loss for the mean, hiding it from StopOnNaN
         metric_for_best_model=m["best_metric"],
         greater_is_better=m["best_metric"] != "eval_loss",
         predict_with_generate=True,
@@ -178,19 +180,19 @@ def _training_args(exp, run, settings: EffectiveSettings, output_dir: str):
         train_sampling_strategy="group_by_length" if t["group_by_length"] else "random",
         seed=t["seed"],
         data_seed=t["seed"],
-        report_to=["wandb"] if run.get("wandb") else [],
+        report_to=[],  # W&B, when asked, logs through Ray Tune's WandbLoggerCallback (trainables.summaries)
         run_name=exp["name"],
         use_cpu=settings.device == "cpu",
         dataloader_num_workers=0,
         disable_tqdm=not run.get("progress_bars", False),
-        log_level="warning",
+        log_level="error",  # the Trainer resets transformers' verbosity to this: its advisory warnings are noise here
     )
 
 
 def run_trial(config: dict[str, Any], report: Report, resume_from: str | None = None) -> dict[str, Any]:
     """Train one experiment; `report(metrics, checkpoint_dir)` is called after every evaluation."""
     import torch
-    from transformers import DataCollatorForSeq2Seq, PrinterCallback, Seq2SeqTrainer
+    from transformers import DataCollatorForSeq2Seq, PrinterCallback, Seq2SeqTrainer, set_seed
 
     from trainables.data import read_split, tokenize_split
 
@@ -215,6 +217,9 @@ def run_trial(config: dict[str, Any], report: Report, resume_from: str | None = 
     output_dir = tempfile.mkdtemp(prefix=f"hf-{exp['name']}-")
     try:
         while True:
+            # Seed before the LoRA/QLoRA wrapping: the adapters' initial weights come from the global RNG, and the
+            # Trainer only seeds it later. Unseeded, two runs of one config (or a run and its retry) differ.
+            set_seed(exp["training"]["seed"])
             model = load_model(exp, run["model_path"], tokenizer, settings)
             gen = exp["generation"]
             model.generation_config.update(
@@ -261,6 +266,8 @@ def train_summarizer(config: dict[str, Any]) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("transformers", "datasets", "peft", "bitsandbytes"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
+    for storage in ("ray.train._internal.storage", "ray.train.v2._internal.execution.storage"):
+        logging.getLogger(storage).setLevel(logging.WARNING)  # "Checkpoint successfully created at" per report
 
     def report(metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
         checkpoint = tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None

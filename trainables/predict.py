@@ -1,0 +1,135 @@
+"""Test-set inference: the best checkpoint of the best trial (or a named one) -> submission.csv.
+
+A checkpoint folder holds what the Trainer saved (the LoRA adapter or the whole model, and the tokenizer with
+the added speaker/mask tokens) plus `trial_meta.json` (written by seq2seq's ReportToTune): the experiment
+config, the base model's folder or hub id, and the effective settings (4-bit or not, LoRA or not). The model is
+rebuilt from those: base model (4-bit NF4 when it trained so), embeddings resized to the tokenizer, then the
+adapter. Summaries are generated with the config's generation settings (trainables.inference).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from trainables.data import DataError
+
+log = logging.getLogger("tune_main7")
+
+TRIAL_META = "trial_meta.json"
+
+
+class PredictError(RuntimeError):
+    """Something the user must fix before predicting (no checkpoint yet, a folder that isn't one)."""
+
+
+def best_checkpoint(experiment_dir: Path, metric: str = "competition_score") -> tuple[str, str]:
+    """(the best trial's config name, its best checkpoint folder) of an experiment."""
+    from trainables.report import best_trial_and_checkpoint, load_analysis
+
+    best, checkpoint = best_trial_and_checkpoint(load_analysis(experiment_dir, metric), metric)
+    if best is None or checkpoint is None:
+        raise PredictError(f"{experiment_dir}: no trial has reported {metric} with a checkpoint yet; "
+                           "wait for the first evaluation, or pass --checkpoint")
+    return best.config["experiment"]["name"], checkpoint
+
+
+def read_meta(checkpoint: Path) -> dict[str, Any]:
+    meta = Path(checkpoint) / TRIAL_META
+    if not meta.is_file():
+        raise PredictError(f"{checkpoint}: no {TRIAL_META}; pass a checkpoint_00000N folder of a trial of this project")
+    return json.loads(meta.read_text(encoding="utf-8"))
+
+
+def load_for_inference(checkpoint: Path, meta: dict[str, Any]):
+    """(model, tokenizer) rebuilt from a checkpoint folder and its trial_meta.json."""
+    import torch
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+    from trainables.models import _torch_dtype
+
+    checkpoint = Path(checkpoint)
+    exp, settings = meta["experiment"], meta.get("settings", {})
+    tokenizer = AutoTokenizer.from_pretrained(str(checkpoint))  # saved with the added tokens
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    lora = bool(settings.get("eff_lora", (checkpoint / "adapter_config.json").exists()))
+    if not lora:  # full fine-tuning: the checkpoint is the whole model
+        model = AutoModelForSeq2SeqLM.from_pretrained(str(checkpoint), dtype=torch.float32).to(device)
+        return model, tokenizer
+    kwargs: dict[str, Any] = {}
+    if settings.get("eff_load_in_4bit"):
+        from transformers import BitsAndBytesConfig
+
+        q, precision = exp["qlora"], settings.get("eff_precision", "fp32")
+        compute = q["bnb_4bit_compute_dtype"]
+        if device == "cpu" or precision == "fp32":
+            compute = "float32"
+        elif compute == "bfloat16" and precision != "bf16":
+            compute = "float16"
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type=q["bnb_4bit_quant_type"],
+            bnb_4bit_use_double_quant=q["bnb_4bit_use_double_quant"], bnb_4bit_compute_dtype=_torch_dtype(compute),
+        )
+        kwargs["device_map"] = {"": 0 if device == "cuda" else "cpu"}
+    from peft import PeftModel
+
+    model = AutoModelForSeq2SeqLM.from_pretrained(meta["model_path"], dtype=torch.float32, **kwargs)
+    if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+        model.resize_token_embeddings(len(tokenizer))  # as in training, before the adapter
+    if "device_map" not in kwargs:
+        model = model.to(device)
+    model = PeftModel.from_pretrained(model, str(checkpoint))
+    return model, tokenizer
+
+
+def predict(experiment_dir: Path | None, checkpoint: str | None, out: Path, data_dir: Path,
+            metric: str = "competition_score", batch_size: int = 16) -> Path:
+    """Write `out` (fname,summary; one row per test dialogue, UTF-8) and return its path."""
+    import pandas as pd
+    from transformers.utils import logging as hf_logging
+
+    from trainables.data import read_split
+    from trainables.inference import generate_summaries
+
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning)  # transformers' deprecation notes, not ours to act on
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    for noisy in ("bitsandbytes", "peft"):  # e.g. bitsandbytes' "Failed to load CPU gemm_4bit_forward" on import
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+
+    if checkpoint is None:
+        if experiment_dir is None:
+            raise PredictError("no experiment found; pass the experiment folder or --checkpoint")
+        name, checkpoint = best_checkpoint(experiment_dir, metric)
+        print(f"Best trial by {metric}: {name}\nCheckpoint: {checkpoint}", flush=True)
+    checkpoint_dir = Path(checkpoint)
+    if not checkpoint_dir.is_dir():
+        raise PredictError(f"{checkpoint}: not a folder")
+    meta = read_meta(checkpoint_dir)
+    exp = meta["experiment"]
+    read_split(data_dir, "test")  # checks the file, with a clear message
+    test = pd.read_csv(Path(data_dir) / "test.csv", encoding="utf-8", dtype=str, keep_default_na=False)
+    if test["fname"].duplicated().any():
+        raise DataError(f"{Path(data_dir) / 'test.csv'}: duplicate fname values; a submission needs one row each")
+    model, tokenizer = load_for_inference(checkpoint_dir, meta)
+    dialogues = test["dialogue"].fillna("").tolist()
+    todo = [i for i, d in enumerate(dialogues) if d.strip()]
+    print(f"Generating {len(todo)} summaries with {exp['name']} ({meta['model_path']}; "
+          f"beams {exp['generation']['num_beams']}, max length {exp['generation']['max_length']})", flush=True)
+    generated = generate_summaries(model, tokenizer, [dialogues[i] for i in todo], exp, batch_size=batch_size)
+    summaries = [""] * len(dialogues)
+    for i, text in zip(todo, generated):
+        summaries[i] = text
+    empty = sum(1 for s in summaries if not s.strip())
+    if empty:
+        log.warning("%d of %d summaries are empty (%d test dialogues are empty)", empty, len(summaries),
+                    len(dialogues) - len(todo))
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame({"fname": test["fname"], "summary": summaries}).to_csv(out, index=False, encoding="utf-8")
+    print(f"Wrote {len(summaries)} rows to {out}", flush=True)
+    return out

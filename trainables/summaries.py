@@ -1,0 +1,257 @@
+"""Live records of a running experiment, written as trials report and finish, so a crashed run still leaves
+a true account: a Ray Tune callback (driver side) that keeps
+
+  <experiment dir>/summary_<timestamp>/experiment_summary.json   every trial: status, best scores, settings
+  <experiment dir>/summary_<timestamp>/experiment_summary.txt    the same as a table
+  <experiment dir>/summary_<timestamp>/logs/<config name>.log    one line per reported evaluation, plus events
+
+(the seed's bash script wrote per-experiment logs and an experiment_summary.txt). The rows come from
+`trainables.report.summarize_results`, the function `report` uses on `ExperimentAnalysis`, so they agree.
+A resumed run opens a new folder and, reading the trials' result.json, summarizes all of their results.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from ray.tune import Callback
+
+from trainables.report import TABLE_COLUMNS, format_table, mode_of, number, summarize_results
+
+LOG_COLUMNS = ("epoch", "step", "competition_score", "rouge1", "rouge2", "rougeL", "eval_loss", "train_loss",
+               "elapsed_s", "peak_gpu_mem_gb")
+
+
+class ExperimentSummaryCallback(Callback):
+    def __init__(self, experiment_dir: str | Path, metric: str = "competition_score"):
+        self.experiment_dir = str(experiment_dir)
+        self.metric = metric
+        self._reset()
+
+    def _reset(self) -> None:
+        self.summary_dir: Path | None = None
+        self._results: dict[str, dict[int, dict[str, Any]]] = {}  # trial_id -> training_iteration -> result
+        self._status: dict[str, str] = {}  # statuses known before trial.status is updated
+        self._errors: dict[str, str] = {}
+
+    def __getstate__(self):  # pickled with the Tuner: keep only the settings
+        return {"experiment_dir": self.experiment_dir, "metric": self.metric}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._reset()
+
+    # -- Tune hooks -----------------------------------------------------------------------------------
+
+    def setup(self, **info):
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        self.summary_dir = Path(self.experiment_dir) / f"summary_{stamp}"
+        (self.summary_dir / "logs").mkdir(parents=True, exist_ok=True)
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self._status[trial.trial_id] = "RUNNING"
+        self._log(trial, "started" if not self._results.get(trial.trial_id) else "restarted")
+        self._write(trials)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        self._status[trial.trial_id] = "RUNNING"
+        self._history(trial)[int(result.get("training_iteration", len(self._history(trial)) + 1))] = dict(result)
+        self._log(trial, "eval " + " ".join(f"{c}={_short(result.get(c))}" for c in LOG_COLUMNS if c in result))
+        self._write(trials)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._status[trial.trial_id] = "TERMINATED"
+        self._log(trial, "finished")
+        self._write(trials)
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        self._status[trial.trial_id] = "PENDING"
+        self._log(trial, f"failed, will retry from its last checkpoint: {_error_line(trial)}")
+        self._write(trials)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._status[trial.trial_id] = "ERROR"
+        self._errors[trial.trial_id] = _error_line(trial)
+        self._log(trial, f"ERROR (no retries left): {self._errors[trial.trial_id]}")
+        self._write(trials)
+
+    def on_experiment_end(self, trials, **info):
+        self._status.clear()  # Tune's statuses are final now
+        self._write(trials)
+
+    # -- records --------------------------------------------------------------------------------------
+
+    def _history(self, trial) -> dict[int, dict[str, Any]]:
+        if trial.trial_id not in self._results:  # first sight in this process: earlier results (a resume) on disk
+            self._results[trial.trial_id] = _results_on_disk(trial)
+        return self._results[trial.trial_id]
+
+    def _log(self, trial, message: str) -> None:
+        if self.summary_dir is None:
+            self.setup()
+        path = self.summary_dir / "logs" / f"{_name(trial)}.log"
+        with path.open("a", encoding="utf-8") as f:
+            f.write(f"{datetime.now():%Y-%m-%d %H:%M:%S} {trial.trial_id} {message}\n")
+
+    def rows(self, trials) -> list[dict[str, Any]]:
+        rows = []
+        for trial in sorted(trials, key=_name):
+            results = [r for _, r in sorted(self._history(trial).items())]
+            row = {"name": _name(trial), "model": trial.config["experiment"].get("model", {}).get("checkpoint"),
+                   "status": self._status.get(trial.trial_id, trial.status), "trial_id": trial.trial_id,
+                   **summarize_results(results, self.metric), "path": trial.path}
+            if trial.trial_id in self._errors:
+                row["error"] = self._errors[trial.trial_id]
+            rows.append(row)
+        return rows
+
+    def _write(self, trials) -> None:
+        if self.summary_dir is None:
+            self.setup()
+        rows = self.rows(trials)
+        scored = [r for r in rows if number(r.get(self.metric)) is not None]
+        best = None
+        if scored:
+            pick = min if mode_of(self.metric) == "min" else max
+            best = pick(scored, key=lambda r: r[self.metric])
+        counts: dict[str, int] = {}
+        for r in rows:
+            counts[r["status"]] = counts.get(r["status"], 0) + 1
+        summary = {
+            "experiment": Path(self.experiment_dir).name, "experiment_dir": self.experiment_dir,
+            "updated": datetime.now().isoformat(timespec="seconds"), "metric": self.metric,
+            "mode": mode_of(self.metric), "status_counts": counts,
+            "best_trial": None if best is None else {"name": best["name"], "trial_id": best["trial_id"],
+                                                     self.metric: best[self.metric], "epoch": best.get("best_epoch")},
+            "trials": rows,
+        }
+        _atomic_write(self.summary_dir / "experiment_summary.json", json.dumps(summary, ensure_ascii=False, indent=1))
+        text = [f"Experiment {summary['experiment']} ({self.experiment_dir})", f"updated {summary['updated']}; "
+                + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())),
+                f"best {self.metric} per trial, at best_epoch; scores are F1, competition_score = mean x 100", "",
+                format_table(rows, TABLE_COLUMNS), ""]
+        text.append("best trial: " + ("none yet" if best is None else
+                                      f"{best['name']} ({best['trial_id']}) {self.metric}={_short(best[self.metric])} "
+                                      f"at epoch {_short(best.get('best_epoch'))}"))
+        text += [f"error in {r['name']}: {r['error']}" for r in rows if r.get("error")]
+        _atomic_write(self.summary_dir / "experiment_summary.txt", "\n".join(text) + "\n")
+
+
+def _name(trial) -> str:
+    return trial.config["experiment"]["name"]
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "-" if value is None else str(value)
+
+
+def _error_line(trial) -> str:
+    for attr in ("error_file",):
+        try:
+            path = getattr(trial, attr)
+            if path and Path(path).exists():
+                lines = [l for l in Path(path).read_text(errors="replace").splitlines() if l.strip()]
+                return lines[-1][:300] if lines else "(empty error file)"
+        except Exception:
+            pass
+    return "see the trial's error.txt"
+
+
+def _results_on_disk(trial) -> dict[int, dict[str, Any]]:
+    out: dict[int, dict[str, Any]] = {}
+    try:
+        path = Path(trial.path) / "result.json"
+    except Exception:
+        return out
+    if not path.exists():
+        return out
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            result = json.loads(line)
+        except ValueError:
+            continue  # a line being written
+        if "training_iteration" in result:
+            out[int(result["training_iteration"])] = result
+    return out
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{time.monotonic_ns()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------------------------------------
+# What the driver hands to RunConfig: the live summary, the progress table, optional W&B
+
+PROGRESS_METRICS = {"epoch": "epoch", "competition_score": "score", "rouge1": "R-1", "rouge2": "R-2",
+                    "rougeL": "R-L", "eval_loss": "dev loss", "train_loss": "train loss"}
+DEFAULT_WANDB_PROJECT = "dialogue-summarization-tune"
+
+
+def progress_reporter(metric: str = "competition_score"):
+    """Tune's trial table with the columns a person watches. Ray's new output engine (the default) ignores a
+    custom reporter, so `use_legacy_progress_output` must run in the driver before `fit()`."""
+    from ray.tune import CLIReporter
+
+    return CLIReporter(metric_columns=dict(PROGRESS_METRICS), parameter_columns={"experiment/name": "config"},
+                       max_report_frequency=30, metric=metric, mode=mode_of(metric), sort_by_metric=False,
+                       max_progress_rows=20, print_intermediate_tables=True, max_column_length=32)
+
+
+def use_legacy_progress_output() -> None:
+    """Our CLIReporter is used only with RAY_AIR_NEW_OUTPUT=0; set RAY_AIR_NEW_OUTPUT=1 for Ray's own output."""
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+
+
+def wandb_settings(run: dict[str, Any]) -> dict[str, Any] | None:
+    """W&B for this run, or None: `run["wandb"]` from --wandb, or TUNE_MAIN7_WANDB=1 in the environment."""
+    wanted = run.get("wandb") or os.environ.get("TUNE_MAIN7_WANDB", "").lower() in ("1", "true", "yes", "on")
+    if not wanted:
+        return None
+    project = run.get("wandb_project") or os.environ.get("WANDB_PROJECT") or DEFAULT_WANDB_PROJECT
+    # No key: offline (runs land on disk; `wandb sync <dir>` uploads them later). Never a crash for a missing key.
+    mode = os.environ.get("WANDB_MODE") or ("online" if os.environ.get("WANDB_API_KEY") else "offline")
+    return {"project": project, "mode": mode}
+
+
+def default_wandb_mode() -> None:
+    """No W&B key: offline. Also before a restore, whose unpickled WandbLoggerCallback checks for a key."""
+    if not os.environ.get("WANDB_API_KEY") and not os.environ.get("WANDB_MODE"):
+        os.environ["WANDB_MODE"] = "offline"
+
+
+def run_callbacks(experiment_dir: str | Path, metric: str, run: dict[str, Any]) -> list:
+    """RunConfig(callbacks=...): the live summary always, W&B (one run per trial) when asked."""
+    experiment_dir = str(experiment_dir)
+    if experiment_dir.startswith("file://"):
+        local_dir = experiment_dir[len("file://"):]
+    elif "://" in experiment_dir:  # cloud storage: the summary stays on this machine
+        local_dir = str(Path("logs") / experiment_dir.rstrip("/").rsplit("/", 1)[-1])
+    else:
+        local_dir = experiment_dir
+    callbacks: list = [ExperimentSummaryCallback(Path(local_dir).resolve(), metric)]
+    experiment_dir = local_dir
+    settings = wandb_settings(run)
+    if settings:
+        from ray.air.integrations.wandb import WandbLoggerCallback
+
+        os.environ["WANDB_MODE"] = settings["mode"]  # read by the callback's key check in the driver
+        os.environ.setdefault("WANDB_DIR", str(experiment_dir))
+        os.environ.setdefault("WANDB_SILENT", "true")
+        where = Path(experiment_dir) / "wandb"
+        print(f"W&B: project {settings['project']}, {settings['mode']}, one run per trial, files in {where}"
+              + ("; upload later with `wandb sync <run folder>`" if settings["mode"] == "offline" else ""), flush=True)
+        callbacks.append(WandbLoggerCallback(
+            project=settings["project"], group=Path(experiment_dir).name, log_config=False,
+            excludes=["eff_notes", "eff_unsloth_reason", "eff_model_source"],
+            mode=settings["mode"], dir=str(experiment_dir),  # passed on to wandb.init in each trial's logger
+        ))
+    return callbacks
