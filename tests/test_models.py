@@ -1,0 +1,355 @@
+"""Models on the CPU: LoRA targets per family, QLoRA in 4 bits, trainable speaker-token rows, the precision and
+Unsloth decisions, OOM back-off and NaN stop (through `run_trial`, without Ray), and the settings record.
+
+Tiny stand-ins (built from data/train.csv, without the warm start) live in the session's `standin_cache`."""
+
+from __future__ import annotations
+
+import copy
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tests.conftest import ROOT
+from trainables.config import apply_mode, load_search_space
+from trainables.models import (
+    EffectiveSettings,
+    Environment,
+    decide_settings,
+    load_model,
+    load_tokenizer,
+    resolve_lora_targets,
+)
+from trainables.seq2seq import halve_batch, run_trial
+
+MT5_CONFIG = "01_mt5_xlsum_optimized_v2"
+BART_CONFIG = "01_baseline_kobart_rtx3090"
+T5_CONFIG = "02_eenzeenee_t5_rtx3090"
+
+CPU = Environment(cuda=False, bf16_supported=False, device_name="cpu", unsloth_installed=False, bitsandbytes_installed=True)
+
+
+def gpu(bf16: bool = True, unsloth: bool = False, name: str = "Fake GPU") -> Environment:
+    return Environment(cuda=True, bf16_supported=bf16, device_name=name, unsloth_installed=unsloth, bitsandbytes_installed=True)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Fixtures
+
+
+@pytest.fixture(scope="session")
+def configs() -> dict:
+    return {c.name: c for c in load_search_space(ROOT / "search_spaces")}
+
+
+def smoke_exp(configs, name: str, **changes) -> dict:
+    """The config as smoke mode gives it, with section-level overrides: smoke_exp(c, n, qlora={...})."""
+    exp, _ = apply_mode(configs[name], "smoke")
+    for section, values in changes.items():
+        exp[section].update(values)
+    return exp
+
+
+@pytest.fixture(scope="session")
+def standins(standin_cache) -> dict:
+    """Tiny stand-ins of each family as `build_standin` makes them (its tokenizer and config recipe), minus the
+    few-second warm start (300 steps, minutes on a loaded 2-core machine), which these tests don't need:
+    random weights exercise every path checked here."""
+    from transformers import AutoModelForSeq2SeqLM
+
+    from trainables.data import training_texts
+    from trainables.models import TINY_VOCAB, _standin_config, _train_tokenizer
+
+    texts = training_texts(ROOT / "data")
+    cache = {}
+
+    def get(arch: str) -> str:
+        if arch not in cache:
+            target = standin_cache / "unwarmed" / arch
+            if not (target / "config.json").exists():
+                import torch
+
+                tokenizer = _train_tokenizer(arch, texts, TINY_VOCAB)
+                torch.manual_seed(0)
+                model = AutoModelForSeq2SeqLM.from_config(_standin_config(arch, "tiny", tokenizer))
+                model.save_pretrained(target)
+                tokenizer.save_pretrained(target)
+            cache[arch] = str(target)
+        return cache[arch]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    """16 train and 4 dev rows of the shipped sample: run_trial in a few seconds."""
+    d = tmp_path_factory.mktemp("tiny-data")
+    pd.read_csv(ROOT / "data" / "train.csv", dtype=str).head(16).to_csv(d / "train.csv", index=False)
+    pd.read_csv(ROOT / "data" / "dev.csv", dtype=str).head(4).to_csv(d / "dev.csv", index=False)
+    return d
+
+
+def build(exp: dict, path: str, env: Environment = CPU):
+    settings = decide_settings(exp, env, "standin")
+    tokenizer = load_tokenizer(path, exp["tokenizer"]["special_tokens"])
+    return load_model(exp, path, tokenizer, settings), tokenizer, settings
+
+
+def lora_wrapped(model) -> set[str]:
+    from peft.tuners.lora import LoraLayer
+
+    return {name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, LoraLayer)}
+
+
+def modules_named(model, leaf: str) -> list:
+    return [m for name, m in model.named_modules() if name.rsplit(".", 1)[-1] == leaf]
+
+
+# ---------------------------------------------------------------------------------------------------
+# LoRA targets per family
+
+
+def test_mt5_lora_wraps_attention_and_gated_feed_forward(configs, standins):
+    targets = ["q", "k", "v", "o", "wi_0", "wi_1", "wo"]
+    exp = smoke_exp(configs, MT5_CONFIG, qlora={"load_in_4bit": False, "target_modules": targets})
+    model, _, _ = build(exp, standins("mt5"))
+    assert lora_wrapped(model) == set(targets)
+    from peft.tuners.lora import LoraLayer
+
+    for leaf in targets:  # every layer of that name, in encoder and decoder, not just one
+        found = modules_named(model, leaf)
+        assert found and all(isinstance(m, LoraLayer) for m in found), leaf
+
+
+def test_bart_lora_wraps_attention_and_feed_forward(configs, standins):
+    targets = ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]
+    exp = smoke_exp(configs, BART_CONFIG, qlora={"load_in_4bit": False, "target_modules": targets})
+    model, _, _ = build(exp, standins("bart"))
+    assert lora_wrapped(model) == set(targets)
+
+
+def test_target_matching_nothing_is_an_error_naming_it(standins):
+    from transformers import AutoModelForSeq2SeqLM
+
+    model = AutoModelForSeq2SeqLM.from_pretrained(standins("mt5"))
+    with pytest.raises(ValueError, match=r"\['wi'\]"):
+        resolve_lora_targets(model, ["q", "wi"], [])
+
+
+def test_embed_tokens_on_mt5_is_wrapped_or_mapped_to_shared(standins):
+    import torch
+    from transformers import AutoModelForSeq2SeqLM
+
+    model = AutoModelForSeq2SeqLM.from_pretrained(standins("mt5"))
+    names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
+    notes: list[str] = []
+    resolved = resolve_lora_targets(model, ["q", "embed_tokens"], notes)
+    if "embed_tokens" in names:  # transformers 5.24: encoder/decoder.embed_tokens are modules of their own
+        assert resolved == ["q", "embed_tokens"] and not notes
+    else:  # versions where they are the very module `shared` (named once by named_modules)
+        assert resolved == ["q", "shared"]
+    # The mapping itself, on a module tree where the embedding is only reachable as `shared`:
+    tree = torch.nn.Module()
+    tree.shared, tree.q = torch.nn.Embedding(10, 4), torch.nn.Linear(4, 4)
+    tree.encoder = torch.nn.Module()
+    tree.encoder.embed_tokens = tree.shared  # the same object: named_modules() names it `shared` only
+    notes = []
+    assert resolve_lora_targets(tree, ["q", "embed_tokens"], notes) == ["q", "shared"]
+    assert any("shared" in n and "embed_tokens" in n for n in notes)
+
+
+# ---------------------------------------------------------------------------------------------------
+# QLoRA: really 4-bit on the CPU, and the config's LoRA values
+
+
+@pytest.mark.parametrize("four_bit", [True, False])
+def test_qlora_quantizes_base_only_when_asked(configs, standins, four_bit):
+    import bitsandbytes as bnb
+    from peft import TaskType
+
+    exp = smoke_exp(configs, BART_CONFIG, qlora={"load_in_4bit": four_bit, "lora_rank": 8, "lora_alpha": 24,
+                                                   "lora_dropout": 0.07})
+    model, _, settings = build(exp, standins("bart"))
+    assert settings.load_in_4bit is four_bit
+    n4 = sum(isinstance(m, bnb.nn.Linear4bit) for m in model.modules())
+    assert (n4 > 0) is four_bit
+    cfg = model.peft_config["default"]
+    assert cfg.task_type == TaskType.SEQ_2_SEQ_LM
+    assert (cfg.r, cfg.lora_alpha, cfg.lora_dropout) == (8, 24, 0.07)
+    assert set(cfg.target_modules) == set(exp["qlora"]["target_modules"])
+
+
+# ---------------------------------------------------------------------------------------------------
+# New speaker-token rows are trained
+
+
+@pytest.mark.parametrize("arch,name", [("mt5", MT5_CONFIG), ("bart", BART_CONFIG)])
+def test_new_token_rows_get_gradients(configs, standins, arch, name):
+    import torch
+
+    exp = smoke_exp(configs, name, qlora={"load_in_4bit": False})
+    model, tokenizer, _ = build(exp, standins(arch))
+    new_ids = tokenizer.convert_tokens_to_ids(["#Person1#", "#Person2#"])
+    assert all(i >= tokenizer.vocab_size for i in new_ids)  # added, not in the stand-in's learned vocabulary
+    adapters = {n: p for n, p in model.named_parameters() if "trainable_tokens" in n and p.requires_grad}
+    assert adapters, "no trainable_tokens adapter for the added tokens"
+    enc = tokenizer(["#Person1#: 안녕하세요 #Person2#: 네"], return_tensors="pt", return_token_type_ids=False)
+    labels = tokenizer(text_target=["#Person2#는 인사한다."], return_tensors="pt")["input_ids"]
+    assert set(new_ids) & set(enc["input_ids"][0].tolist()) and set(new_ids) & set(labels[0].tolist())
+    model.train()
+    model(**enc, labels=labels).loss.backward()
+    grads = {n: p.grad for n, p in adapters.items()}
+    assert all(g is not None and torch.count_nonzero(g) > 0 for g in grads.values()), {n: g is None for n, g in grads.items()}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Precision and Unsloth decisions
+
+
+@pytest.mark.parametrize("name", [MT5_CONFIG, T5_CONFIG])  # both ask for fp16 on a T5-family model
+def test_fp16_on_t5_family_runs_bf16_on_a_bf16_card(configs, name):
+    exp = apply_mode(configs[name], "full")[0]
+    assert exp["training"]["fp16"]
+    s = decide_settings(exp, gpu(bf16=True), "x")
+    assert s.precision == "bf16" and any("fp16" in n and "bf16" in n for n in s.notes)
+
+
+def test_fp16_on_t5_family_runs_fp32_without_bf16(configs):
+    s = decide_settings(apply_mode(configs[T5_CONFIG], "full")[0], gpu(bf16=False), "x")
+    assert s.precision == "fp32" and any("fp32" in n for n in s.notes)
+
+
+def test_bf16_on_bart_without_bf16_falls_back_to_fp16(configs):
+    exp = apply_mode(configs["03_high_learning_rate_rtx3090"], "full")[0]
+    assert exp["training"]["bf16"] and exp["model"]["architecture"] == "bart"
+    s = decide_settings(exp, gpu(bf16=False, name="Tesla V100"), "x")
+    assert s.precision == "fp16" and any("Tesla V100" in n and "fp16" in n for n in s.notes)
+
+
+def test_bf16_on_t5_family_without_bf16_runs_fp32(configs):
+    exp = apply_mode(configs["01_mt5_xlsum_ultimate"], "full")[0]
+    assert decide_settings(exp, gpu(bf16=False), "x").precision == "fp32"
+
+
+def test_bart_fp16_is_kept_on_a_gpu(configs):
+    s = decide_settings(apply_mode(configs[BART_CONFIG], "full")[0], gpu(), "x")
+    assert s.precision == "fp16" and s.load_in_4bit and s.lora
+
+
+@pytest.mark.parametrize("name", [MT5_CONFIG, BART_CONFIG, "04_batch_optimization_rtx3090"])
+def test_cpu_runs_fp32(configs, name):
+    s = decide_settings(apply_mode(configs[name], "full")[0], CPU, "x")
+    assert s.precision == "fp32" and s.device == "cpu" and any("no CUDA" in n for n in s.notes)
+
+
+def test_unsloth_reasons(configs):
+    exp = apply_mode(configs[BART_CONFIG], "full")[0]
+    assert exp["qlora"]["use_unsloth"]
+    cases = {
+        "no CUDA": CPU,
+        "not installed": gpu(unsloth=False),
+        "encoder-decoder": gpu(unsloth=True),
+    }
+    for phrase, env in cases.items():
+        s = decide_settings(exp, env, "x")
+        assert not s.unsloth and phrase in s.unsloth_reason, (phrase, s.unsloth_reason)
+        assert any("unsloth off" in n for n in s.notes)
+    exp["qlora"]["use_unsloth"] = False
+    s = decide_settings(exp, gpu(unsloth=True), "x")
+    assert (s.unsloth, s.unsloth_reason) == (False, "not requested") and not any("unsloth" in n for n in s.notes)
+
+
+def test_4bit_off_without_bitsandbytes(configs):
+    exp = apply_mode(configs[BART_CONFIG], "full")[0]
+    env = Environment(cuda=True, bf16_supported=True, device_name="g", unsloth_installed=False, bitsandbytes_installed=False)
+    s = decide_settings(exp, env, "x")
+    assert not s.load_in_4bit and s.lora and any("bitsandbytes" in n for n in s.notes)
+
+
+def test_lora_without_4bit_config4_keeps_meaning(configs):
+    s = decide_settings(apply_mode(configs[T5_CONFIG], "full")[0], gpu(), "x")
+    assert s.lora and not s.load_in_4bit
+
+
+def test_settings_record_keys(configs):
+    s = decide_settings(apply_mode(configs[MT5_CONFIG], "full")[0], gpu(), "checkpoint:x")
+    m = s.as_metrics()
+    assert m and all(k.startswith("eff_") for k in m)
+    for key in ("eff_precision", "eff_load_in_4bit", "eff_lora", "eff_unsloth", "eff_unsloth_reason", "eff_device",
+                "eff_model_source", "eff_train_batch_size", "eff_gradient_accumulation_steps", "eff_notes"):
+        assert key in m
+    assert isinstance(m["eff_notes"], str) and " | ".join(s.notes) == m["eff_notes"]
+    assert EffectiveSettings(**{k.removeprefix("eff_"): v for k, v in m.items() if k != "eff_notes"}).as_metrics()["eff_notes"] == ""
+
+
+# ---------------------------------------------------------------------------------------------------
+# OOM back-off and NaN stop
+
+
+def test_halve_batch_math():
+    assert halve_batch(8, 3) == (4, 6)
+    assert halve_batch(6, 4) == (3, 8)
+    assert halve_batch(5, 1) == (2, 2)  # odd batches round down: the effective batch may shrink slightly
+    assert halve_batch(2, 16) == (1, 32)
+    with pytest.raises(RuntimeError, match="batch 1"):
+        halve_batch(1, 8)
+
+
+def trial_config(exp: dict, model_path: str, data_dir: Path, **run) -> dict:
+    checkpoint = exp["model"]["checkpoint"]
+    return {
+        "experiment": exp,
+        "run": {
+            "models": {checkpoint: {"model_path": model_path, "model_source": "standin:test"}},
+            "data_dir": str(data_dir), "mode": "smoke", "torch_threads": 1,
+            "environment": {"cuda": False, "bf16_supported": False, "device_name": "cpu",
+                            "unsloth_installed": False, "bitsandbytes_installed": True},
+            **run,
+        },
+    }
+
+
+def small_trial_exp(configs, **training) -> dict:
+    return smoke_exp(
+        configs, BART_CONFIG,
+        training={"num_train_epochs": 1, "per_device_train_batch_size": 8, "per_device_eval_batch_size": 4,
+                  "gradient_accumulation_steps": 1, "logging_steps": 1, "early_stopping_patience": None, **training},
+        tokenizer={"encoder_max_len": 64, "decoder_max_len": 24},
+        generation={"max_length": 24, "min_length": 1, "num_beams": 1},
+        qlora={"load_in_4bit": False},
+    )
+
+
+def test_injected_oom_backs_off_to_a_fitting_batch(configs, standins, tiny_data):
+    exp = small_trial_exp(configs, gradient_accumulation_steps=3)
+    reports = []
+    final = run_trial(trial_config(exp, standins("bart"), tiny_data, fault={"oom_above_batch": 2}),
+                      lambda metrics, ckpt: reports.append((metrics, ckpt)))
+    assert final["eff_train_batch_size"] == 2
+    assert final["eff_gradient_accumulation_steps"] == 3 * 4  # 8 x 3 -> 4 x 6 -> 2 x 12
+    assert "OOM at per-device batch 8" in final["eff_notes"] and "OOM at per-device batch 4" in final["eff_notes"]
+    assert reports, "no evaluation reported after the back-off"
+    metrics, ckpt = reports[-1]
+    assert metrics["eff_train_batch_size"] == 2 and metrics["eff_gradient_accumulation_steps"] == 12
+    assert math.isfinite(metrics["competition_score"])
+
+
+def test_nan_loss_stops_the_trial(configs, standins, tiny_data):
+    # A learning rate of 1e30 sends the LoRA weights to ~1e30 after one step; the next forward overflows to
+    # inf/NaN (checked: the second step's loss is NaN in fp32 on the CPU).
+    exp = small_trial_exp(configs, learning_rate=1e30, warmup_ratio=0.0, per_device_train_batch_size=4)
+    reports = []
+    with pytest.raises(FloatingPointError, match="training loss is"):
+        run_trial(trial_config(exp, standins("bart"), tiny_data), lambda m, c: reports.append(m))
+    assert not reports  # stopped before the epoch's evaluation
+
+
+def test_trial_reports_effective_settings(configs, standins, tiny_data):
+    exp = small_trial_exp(configs)
+    reports = []
+    final = run_trial(trial_config(copy.deepcopy(exp), standins("bart"), tiny_data), lambda m, c: reports.append(m))
+    assert reports and reports[-1]["eff_precision"] == "fp32" and reports[-1]["eff_device"] == "cpu"
+    assert reports[-1]["eff_train_batch_size"] == 8 and final["eff_gradient_accumulation_steps"] == 1
+    assert "unsloth off: no CUDA GPU" in reports[-1]["eff_notes"]

@@ -1,0 +1,178 @@
+"""Results a person can read: the `report` table and plots, the live experiment summary (agreeing with
+ExperimentAnalysis), `predict`'s submission.csv, and W&B offline runs. Everything that only reads results
+uses the session's seven-trial smoke grid; the partly failed experiment runs trivial trials (seconds)."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tests.conftest import ROOT, run_cli
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _analysis(experiment_dir: Path):
+    from ray.tune import ExperimentAnalysis
+
+    return ExperimentAnalysis(str(experiment_dir), default_metric="competition_score", default_mode="max")
+
+
+def _table_rows(stdout: str) -> list[str]:
+    lines = stdout.splitlines()
+    start = next(i for i, l in enumerate(lines) if l.startswith("Results of"))
+    header, rule = lines[start + 1], lines[start + 2]
+    assert header.startswith("name") and set(rule.replace(" ", "")) == {"-"}
+    rows = []
+    for line in lines[start + 3:]:
+        if not line.strip() or line.startswith("Best trial"):
+            break
+        rows.append(line)
+    return rows
+
+
+def _assert_png(path: Path) -> None:
+    assert path.is_file() and path.stat().st_size > 1000, path
+    assert path.read_bytes()[:8] == PNG_SIGNATURE, path
+
+
+@pytest.mark.slow
+def test_report_prints_table_best_checkpoint_and_plots(smoke_grid):
+    experiment_dir, grid = smoke_grid
+    assert grid.returncode == 0, grid.stdout[-3000:] + grid.stderr[-3000:]
+    proc = run_cli("report", str(experiment_dir), timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = _table_rows(proc.stdout)
+    assert len(rows) == 7, proc.stdout
+    names = sorted(t.config["experiment"]["name"] for t in _analysis(experiment_dir).trials)
+    assert [r.split()[0] for r in rows] == names
+    assert all(" TERMINATED " in r for r in rows)
+    best_line = next(l for l in proc.stdout.splitlines() if l.startswith("Best trial:"))
+    checkpoint = Path(best_line.split("checkpoint:")[1].strip())
+    assert checkpoint.is_dir() and (checkpoint / "trial_meta.json").exists()
+    best = _analysis(experiment_dir).get_best_trial(scope="all")
+    assert best.config["experiment"]["name"] in best_line
+    plots = [Path(l.split("Plot:")[1].strip()) for l in proc.stdout.splitlines() if l.startswith("Plot:")]
+    assert sorted(p.name for p in plots) == ["loss.png", "rouge.png"]
+    for plot in plots:
+        assert plot.parent == experiment_dir / "report"
+        _assert_png(plot)
+
+
+@pytest.mark.slow
+def test_live_summary_agrees_with_experiment_analysis(smoke_grid):
+    experiment_dir, _ = smoke_grid
+    folders = sorted(experiment_dir.glob("summary_*"))
+    assert len(folders) == 1, folders
+    summary = json.loads((folders[0] / "experiment_summary.json").read_text(encoding="utf-8"))
+    analysis = _analysis(experiment_dir)
+    by_name = {t["name"]: t for t in summary["trials"]}
+    assert len(by_name) == 7 and summary["status_counts"] == {"TERMINATED": 7}
+    for trial in analysis.trials:
+        name = trial.config["experiment"]["name"]
+        frame = analysis.trial_dataframes[trial.trial_id]
+        row = by_name[name]
+        best = frame.loc[frame["competition_score"].idxmax()]
+        assert row["status"] == trial.status == "TERMINATED"
+        assert row["trial_id"] == trial.trial_id
+        assert row["evaluations"] == len(frame)
+        for column in ("competition_score", "rouge1", "rouge2", "rougeL", "eval_loss"):
+            assert math.isclose(row[column], best[column], rel_tol=1e-9), (name, column)
+        assert row["best_epoch"] == pytest.approx(best["epoch"])
+        assert row["eff_precision"] == frame["eff_precision"].iloc[-1]
+        log = (folders[0] / "logs" / f"{name}.log").read_text(encoding="utf-8")
+        assert log.count(" eval ") == len(frame) and "finished" in log
+    best = analysis.get_best_trial(scope="all")
+    assert summary["best_trial"]["name"] == best.config["experiment"]["name"]
+    text = (folders[0] / "experiment_summary.txt").read_text(encoding="utf-8")
+    assert all(name in text for name in by_name) and "best trial:" in text
+
+
+@pytest.mark.slow
+def test_live_progress_table_without_noise(smoke_grid):
+    _, grid = smoke_grid
+    out = grid.stdout + grid.stderr
+    assert "Trial name" in out and "score" in out and "config" in out  # our CLIReporter's table
+    for noise in ("FutureWarning", "Failed to load CPU gemm_4bit_forward", "Writing model shards"):
+        assert noise not in out, noise
+
+
+@pytest.mark.slow
+def test_predict_writes_a_submission(smoke_grid, tmp_path):
+    experiment_dir, _ = smoke_grid
+    out = tmp_path / "submission.csv"
+    proc = run_cli("predict", str(experiment_dir), "--out", str(out), timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    test = pd.read_csv(ROOT / "data" / "test.csv", dtype=str)
+    sub = pd.read_csv(out, dtype=str, keep_default_na=False, encoding="utf-8")
+    assert list(sub.columns) == ["fname", "summary"]
+    assert sub["fname"].tolist() == test["fname"].tolist()
+    assert (sub["summary"].str.strip() != "").all(), sub[sub["summary"].str.strip() == ""]
+    assert not sub["summary"].str.contains("<pad>|</s>|<s>|<unk>", regex=True).any()
+
+
+def test_report_and_summary_on_a_partly_failed_experiment(tmp_path):
+    """One trial reports twice, one fails before any result: both listed, the failure as ERROR."""
+    import ray
+
+    from trainables.grid import GridPlan, build_tuner
+    from trainables.report import print_summary
+
+    def trial(config):
+        from ray import tune
+
+        if config["experiment"]["name"] == "b_broken":
+            raise RuntimeError("boom before the first evaluation")
+        for epoch in (1, 2):
+            tune.report({"epoch": float(epoch), "competition_score": 10.0 * epoch, "rouge1": 0.1 * epoch,
+                         "rouge2": 0.05 * epoch, "rougeL": 0.08 * epoch, "eval_loss": 3.0 - epoch,
+                         "train_loss": 4.0 - epoch, "elapsed_s": 1.0 * epoch, "eff_precision": "fp32"})
+
+    plan = GridPlan(experiments=[{"name": "a_fine", "model": {"checkpoint": "m/a"}},
+                                 {"name": "b_broken", "model": {"checkpoint": "m/b"}}],
+                    run={"mode": "test"}, storage_path=tmp_path, name="partial", use_gpu=False,
+                    max_concurrent=2, max_failures=0)
+    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
+    try:
+        build_tuner(plan, trainable=trial).fit()
+    finally:
+        ray.shutdown()
+    experiment_dir = tmp_path / "partial"
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        code = print_summary(experiment_dir)
+    stdout = buffer.getvalue()
+    assert code == 1  # not every trial finished
+    rows = _table_rows(stdout)
+    assert [r.split()[0] for r in rows] == ["a_fine", "b_broken"]
+    assert " ERROR " in rows[1] and " TERMINATED " in rows[0]
+    assert "Best trial: a_fine" in stdout
+    for name in ("rouge.png", "loss.png"):
+        _assert_png(experiment_dir / "report" / name)
+    summary = json.loads(next(experiment_dir.glob("summary_*/experiment_summary.json")).read_text())
+    trials = {t["name"]: t for t in summary["trials"]}
+    assert trials["a_fine"]["status"] == "TERMINATED" and trials["a_fine"]["evaluations"] == 2
+    assert trials["a_fine"]["competition_score"] == 20.0 and trials["a_fine"]["best_epoch"] == 2.0
+    assert trials["b_broken"]["status"] == "ERROR" and trials["b_broken"]["evaluations"] == 0
+    assert "boom" in trials["b_broken"].get("error", "")
+    assert summary["best_trial"]["name"] == "a_fine"
+
+
+@pytest.mark.slow
+def test_wandb_offline_runs_land_in_the_experiment(standin_cache, tmp_path, monkeypatch):
+    for name in ("WANDB_API_KEY", "WANDB_MODE", "WANDB_DIR", "WANDB_PROJECT", "TUNE_MAIN7_WANDB"):
+        monkeypatch.delenv(name, raising=False)  # no key: offline by default (an empty WANDB_MODE is invalid to wandb)
+    proc = run_cli("--mode", "smoke", "--only", "01_baseline_kobart_rtx3090", "--wandb",
+                   "--storage-path", str(tmp_path), "--name", "wb", "--cache-dir", str(standin_cache), timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    runs = sorted((tmp_path / "wb" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1, list((tmp_path / "wb").iterdir())
+    blob = b"".join(p.read_bytes() for p in runs[0].rglob("*") if p.is_file())
+    assert b"01_baseline_kobart_rtx3090" in blob and b"dialogue-summarization-tune" in blob
+    assert "api_key" not in (proc.stdout + proc.stderr).lower()
