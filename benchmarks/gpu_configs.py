@@ -1,0 +1,411 @@
+"""Prove all seven configs on a GPU: real batch, accumulation, lengths, beams and LoRA/QLoRA settings.
+
+For each experiment in search_spaces/ (or `--only NAME...`) this runs a few optimizer steps and one evaluation
+with generation through the project's own trainable (`trainables.seq2seq.run_trial`, called directly without
+Ray), on a stand-in model of the REAL size (random weights, the real checkpoint's dimensions and vocabulary
+size, `trainables.models.build_standin(..., size="real")`) and synthetic Korean-like data that fills the
+config's encoder and decoder lengths after truncation, so memory is the worst case.
+
+What differs from `--mode full` (everything else is the config as `apply_mode(cfg, "full")` gives it):
+  - num_train_epochs = 1, with a train set of batch x accumulation x --steps rows (one epoch = --steps steps);
+  - evaluation at the epoch's end only (eval_steps = None), early stopping off, logging every step;
+  - one dev batch (per_device_eval_batch_size rows), generated with generation.min_length = max_length, so that
+    random weights can't stop early at EOS: generation time is the worst case for the config's length and beams.
+
+Each config runs in a fresh process (`--one NAME`, internal) so GPU memory is fully freed between them; the
+parent collects one JSON line per config, writes them to `--out` after each config (a timeout keeps what ran),
+and prints a markdown table last.
+
+    python benchmarks/gpu_configs.py                          # all seven, real size, needs a CUDA GPU
+    python benchmarks/gpu_configs.py --only 01_baseline_kobart_rtx3090 --steps 3 --out $OUT/bench.json
+    python benchmarks/gpu_configs.py --tiny --only 01_baseline_kobart_rtx3090   # CPU test of the script
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+RESULT_PREFIX = "BENCH_RESULT "
+MEMORY_LIMIT_GIB = 22.0  # the seed team's RTX 3090 (24 GB) less headroom
+TINY_LIMITS = {"encoder_max_len": 64, "decoder_max_len": 16}
+
+
+def say(*parts: Any) -> None:
+    print(*parts, flush=True)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Synthetic Korean-like data
+
+
+def _syllables(rng: random.Random, n: int) -> list[str]:
+    return [chr(0xAC00 + rng.randrange(11172)) for _ in range(n)]
+
+
+def _lexicon(seed: int = 0, size: int = 600) -> list[str]:
+    """A fixed set of random Hangul 'words' (1-4 syllables from a pool of 400)."""
+    rng = random.Random(seed)
+    pool = _syllables(rng, 400)
+    return ["".join(rng.choice(pool) for _ in range(rng.randint(1, 4))) for _ in range(size)]
+
+
+def _sentence(rng: random.Random, words: list[str], n: int) -> str:
+    return " ".join(rng.choice(words) for _ in range(n)) + rng.choice([".", "?", "."])
+
+
+def _dialogue(rng: random.Random, words: list[str], turns: int) -> str:
+    lines = []
+    for i in range(turns):
+        speaker = "#Person1#" if i % 2 == 0 else "#Person2#"
+        text = _sentence(rng, words, rng.randint(4, 12))
+        if rng.random() < 0.05:
+            text += " #PhoneNumber#"
+        lines.append(f"{speaker}: {text}")
+    return "\n".join(lines)
+
+
+def _summary(rng: random.Random, words: list[str], n_words: int) -> str:
+    return "#Person1#는 " + _sentence(rng, words, n_words) + " #Person2#는 " + _sentence(rng, words, n_words)
+
+
+def tokenizer_corpus(rows: int = 300) -> list[str]:
+    """The fixed text a stand-in tokenizer is trained on (same every run: the stand-in cache hits)."""
+    rng, words = random.Random(1), _lexicon()
+    return [_dialogue(rng, words, 12) for _ in range(rows)] + [_summary(rng, words, 15) for _ in range(rows)]
+
+
+def write_data(data_dir: Path, tokenizer, prefix: str, enc_len: int, dec_len: int, n_train: int, n_dev: int,
+               seed: int = 0) -> dict[str, int]:
+    """train.csv/dev.csv whose every dialogue and summary is at least enc_len/dec_len tokens long (measured
+    with the trial's own tokenizer and prefix), so truncation fills both lengths: the worst case for memory."""
+    import pandas as pd
+
+    rng, words = random.Random(seed), _lexicon()
+
+    def long_enough(make, extend, target: int, texts_prefix: str, count: int) -> list[str]:
+        texts = [make() for _ in range(count)]
+        for _ in range(20):
+            lengths = [len(ids) for ids in tokenizer([texts_prefix + t for t in texts], return_token_type_ids=False)["input_ids"]]
+            short = [i for i, n in enumerate(lengths) if n < target + 2]
+            if not short:
+                return texts
+            for i in short:
+                texts[i] = extend(texts[i], target, lengths[i])
+        raise RuntimeError(f"could not make texts {target} tokens long")
+
+    def grow_dialogue(text: str, target: int, have: int) -> str:
+        more = max(2, int((target - have) / 8) + 2)
+        return text + "\n" + _dialogue(rng, words, more)
+
+    def grow_summary(text: str, target: int, have: int) -> str:
+        return text + " " + _sentence(rng, words, max(3, (target - have) + 2))
+
+    n = n_train + n_dev
+    dialogues = long_enough(lambda: _dialogue(rng, words, 10), grow_dialogue, enc_len, prefix, n)
+    summaries = long_enough(lambda: _summary(rng, words, 8), grow_summary, dec_len, "", n)
+    frame = pd.DataFrame({
+        "fname": [f"bench_{i}" for i in range(n)], "dialogue": dialogues, "summary": summaries,
+        "topic": [rng.choice(["일상", "여행", "쇼핑", "건강"]) for _ in range(n)],
+    })
+    data_dir.mkdir(parents=True, exist_ok=True)
+    frame.iloc[:n_train].assign(fname=[f"train_{i}" for i in range(n_train)]).to_csv(data_dir / "train.csv", index=False)
+    frame.iloc[n_train:].assign(fname=[f"dev_{i}" for i in range(n_dev)]).to_csv(data_dir / "dev.csv", index=False)
+    label_lens = [min(len(ids), dec_len) for ids in tokenizer(text_target=summaries[:n_train])["input_ids"]]
+    input_lens = [min(len(ids), enc_len) for ids in tokenizer([prefix + d for d in dialogues[:n_train]])["input_ids"]]
+    return {"train_rows": n_train, "dev_rows": n_dev, "train_label_tokens": sum(label_lens),
+            "train_input_tokens": sum(input_lens), "min_input_len": min(input_lens), "min_label_len": min(label_lens)}
+
+
+# ---------------------------------------------------------------------------------------------------
+# One config, in this process
+
+
+def _unwarmed_tiny(arch: str, texts: list[str], cache_dir: Path) -> Path:
+    """A tiny stand-in made as `build_standin` makes it (tokenizer, config), without its warm start."""
+    import torch
+    from transformers import AutoModelForSeq2SeqLM
+
+    from trainables.models import STANDIN_FORMAT, TINY_VOCAB, _standin_config, _train_tokenizer
+
+    target = cache_dir / "standins" / f"{arch}-tiny-unwarmed-v{STANDIN_FORMAT}"
+    if not (target / "config.json").exists():
+        tokenizer = _train_tokenizer(arch, texts, TINY_VOCAB)
+        torch.manual_seed(0)
+        model = AutoModelForSeq2SeqLM.from_config(_standin_config(arch, "tiny", tokenizer))
+        tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        tmp.rename(target)
+    return target
+
+
+def bench_config(cfg, args) -> dict[str, Any]:
+    import torch
+
+    from trainables import seq2seq
+    from trainables.config import apply_mode
+    from trainables.models import build_standin, load_tokenizer
+
+    size = "tiny" if args.tiny else "real"
+    exp, _ = apply_mode(cfg, "full")
+    t, tok, gen = exp["training"], exp["tokenizer"], exp["generation"]
+    t.update(num_train_epochs=1, eval_steps=None, early_stopping_patience=None, logging_steps=1)
+    if args.tiny:  # short lengths so the script can be tested on a CPU
+        tok["encoder_max_len"] = min(tok["encoder_max_len"], TINY_LIMITS["encoder_max_len"])
+        tok["decoder_max_len"] = min(tok["decoder_max_len"], TINY_LIMITS["decoder_max_len"])
+        gen["max_length"] = min(gen["max_length"], tok["decoder_max_len"])
+    asked_min_length = gen["min_length"]
+    gen["min_length"] = gen["max_length"]  # worst case: random weights would otherwise stop early at EOS
+
+    arch, checkpoint = exp["model"]["architecture"], exp["model"]["checkpoint"]
+    cuda = torch.cuda.is_available()
+    t0 = time.time()
+    if args.tiny:  # build_standin warm-starts tiny models (minutes on a busy CPU); a benchmark needs no warm start
+        model_path = _unwarmed_tiny(arch, tokenizer_corpus(), Path(args.cache_dir))
+    else:
+        model_path = build_standin(arch, tokenizer_corpus(), Path(args.cache_dir), size="real")
+    build_s = time.time() - t0
+    say(f"  [{exp['name']}] stand-in {arch}-{size} ready in {build_s:.1f}s: {model_path}")
+
+    tokenizer = load_tokenizer(str(model_path), tok["special_tokens"])
+    n_train = t["per_device_train_batch_size"] * t["gradient_accumulation_steps"] * args.steps
+    n_dev = t["per_device_eval_batch_size"]
+    data_dir = Path(tempfile.mkdtemp(prefix=f"bench-data-{exp['name']}-"))
+    data = write_data(data_dir, tokenizer, tok["input_prefix"], tok["encoder_max_len"], tok["decoder_max_len"],
+                      n_train, n_dev)
+    say(f"  [{exp['name']}] data: {n_train} train rows ({data['train_label_tokens']} label tokens, inputs >= "
+        f"{data['min_input_len']} of {tok['encoder_max_len']}), {n_dev} dev rows")
+
+    timing: dict[str, Any] = {"step_ends": [], "peak_train": 0}
+    from transformers import TrainerCallback
+
+    def sync() -> None:
+        if cuda:
+            torch.cuda.synchronize()
+
+    class BenchTiming(TrainerCallback):
+        def on_train_begin(self, args_, state, control, **kwargs):
+            sync()
+            timing["train_begin"] = time.perf_counter()
+
+        def on_step_end(self, args_, state, control, **kwargs):
+            sync()
+            timing["step_ends"].append(time.perf_counter())
+            timing["train_batch"] = args_.per_device_train_batch_size  # after any OOM back-off
+
+        def on_epoch_end(self, args_, state, control, **kwargs):
+            sync()
+            timing["train_end"] = time.perf_counter()
+            if cuda:
+                timing["peak_train"] = torch.cuda.max_memory_allocated()
+
+        def on_evaluate(self, args_, state, control, metrics=None, **kwargs):
+            timing["eval_runtime"] = (metrics or {}).get("eval_runtime")
+            timing["eval_metrics"] = {k: v for k, v in (metrics or {}).items() if isinstance(v, (int, float))}
+
+    original = seq2seq._make_callbacks
+
+    def with_timing(*a, **k):
+        timing["step_ends"].clear()  # an OOM back-off restarts training: time the run that finished
+        return [*original(*a, **k), BenchTiming()]
+
+    seq2seq._make_callbacks = with_timing
+    reports: list[dict[str, Any]] = []
+    config = {
+        "experiment": exp,
+        "run": {
+            "mode": "full",
+            "data_dir": str(data_dir),
+            "models": {checkpoint: {"model_path": str(model_path),
+                                    "model_source": f"standin:{arch}-{size} random weights (for {checkpoint})"}},
+            "torch_threads": args.threads,
+            "wandb": False,
+        },
+    }
+    if cuda:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        if args.memory_cap_gib:  # behave like a smaller card: allocations past the cap raise CUDA OOM
+            total = torch.cuda.get_device_properties(0).total_memory
+            torch.cuda.set_per_process_memory_fraction(min(1.0, args.memory_cap_gib * 2**30 / total))
+    t0 = time.time()
+    error = None
+    try:
+        final = seq2seq.run_trial(config, lambda metrics, ckpt: reports.append(metrics))
+    except Exception as err:  # an OOM at batch 1 or any other failure is a result too
+        final, error = {}, f"{type(err).__name__}: {str(err).splitlines()[0][:300] if str(err) else ''}"
+    finally:
+        seq2seq._make_callbacks = original
+    total_s = time.time() - t0
+
+    last = reports[-1] if reports else {}
+    eff = {k: v for k, v in {**last, **final}.items() if k.startswith("eff_")}
+    ends = timing["step_ends"]
+    train_s = (timing.get("train_end") or (ends[-1] if ends else None))
+    train_s = train_s - timing["train_begin"] if train_s and "train_begin" in timing else None
+    labels = data["train_label_tokens"]
+    steady = None
+    if len(ends) >= 2:  # leave out the first optimizer step (CUDA/cuBLAS warm-up, allocator growth)
+        steady = round(labels * (len(ends) - 1) / len(ends) / (ends[-1] - ends[0]), 1)
+    peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
+    reserved = torch.cuda.max_memory_reserved() / 2**30 if cuda else None
+    return {
+        "name": exp["name"],
+        "card": torch.cuda.get_device_name(0) if cuda else "cpu",
+        "size": size,
+        "ok": error is None and bool(reports),
+        "error": error,
+        "peak_gpu_gib": round(peak, 2) if peak is not None else None,
+        "peak_gpu_reserved_gib": round(reserved, 2) if reserved is not None else None,
+        "peak_gpu_train_gib": round(timing["peak_train"] / 2**30, 2) if cuda else None,
+        "fits_22gib": (peak <= MEMORY_LIMIT_GIB) if peak is not None else None,
+        "train_label_tokens": labels,
+        "train_s": round(train_s, 2) if train_s else None,
+        "train_tok_s": round(labels / train_s, 1) if train_s else None,
+        "train_tok_s_after_step1": steady,
+        "optimizer_steps": len(ends),
+        "eval_gen_s": round(timing["eval_runtime"], 2) if timing.get("eval_runtime") else None,
+        "trainer_train_runtime_s": final.get("train_runtime"),  # includes the evaluation and checkpoint save
+        "run_trial_s": round(total_s, 1),
+        "standin_build_s": round(build_s, 1),
+        "settings": {
+            "arch": arch, "train_batch": t["per_device_train_batch_size"], "accumulation": t["gradient_accumulation_steps"],
+            "eval_batch": n_dev, "encoder_max_len": tok["encoder_max_len"], "decoder_max_len": tok["decoder_max_len"],
+            "num_beams": gen["num_beams"], "gen_max_length": gen["max_length"],
+            "gen_min_length": gen["min_length"], "config_min_length": asked_min_length,
+            "lora_rank": exp["qlora"]["lora_rank"], "targets": exp["qlora"]["target_modules"],
+            "gradient_checkpointing": t["gradient_checkpointing"],
+        },
+        "data": data,
+        "eval": {k: v for k, v in (timing.get("eval_metrics") or {}).items() if k in ("eval_loss", "eval_gen_len")},
+        **eff,
+    }
+
+
+# ---------------------------------------------------------------------------------------------------
+# The driver: one subprocess per config
+
+
+def _table(rows: list[dict[str, Any]]) -> str:
+    head = ("| config | card | peak GiB (reserved) | <= 22 GiB | train tok/s (after step 1) | eval+gen s | "
+            "precision | 4-bit | batch x accum | unsloth | notes |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in rows:
+        if not r.get("name"):
+            continue
+        peak = "-" if r.get("peak_gpu_gib") is None else f"{r['peak_gpu_gib']:.1f} ({r['peak_gpu_reserved_gib']:.1f})"
+        fits = "-" if r.get("fits_22gib") is None else ("yes" if r["fits_22gib"] else "**no**")
+        tok = "-" if r.get("train_tok_s") is None else f"{r['train_tok_s']:.0f} ({r.get('train_tok_s_after_step1') or 0:.0f})"
+        batch = f"{r.get('eff_train_batch_size', '?')} x {r.get('eff_gradient_accumulation_steps', '?')}"
+        unsloth = "yes" if r.get("eff_unsloth") else "no"
+        notes = (r.get("error") or r.get("eff_notes") or "").replace("|", ";")
+        lines.append(f"| {r['name']} | {r.get('card', '?')} | {peak} | {fits} | {tok} | {r.get('eval_gen_s', '-')} | "
+                     f"{r.get('eff_precision', '-')} | {r.get('eff_load_in_4bit', '-')} | {batch} | {unsloth} | "
+                     f"{notes[:160]} |")
+    return "\n".join(lines)
+
+
+def run_all(args, names: list[str]) -> int:
+    out = Path(args.out or ROOT / "benchmarks" / f"results-{_dt.date.today().isoformat()}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    rows: list[dict[str, Any]] = []
+    started = time.time()
+    say(f"benchmarking {len(names)} config(s), {args.steps} optimizer steps + one generation batch each "
+        f"({'tiny' if args.tiny else 'real-size'} random-weight stand-ins); generation.min_length is set to "
+        f"max_length to force worst-case generation length")
+    for i, name in enumerate(names, 1):
+        say(f"[{i}/{len(names)}] {name} (elapsed {time.time() - started:.0f}s)")
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--one", name, "--steps", str(args.steps),
+               "--cache-dir", str(args.cache_dir), "--search-space", str(args.search_space)]
+        cmd += ["--tiny"] * args.tiny + ["--cpu-ok"] * args.cpu_ok
+        if args.memory_cap_gib:
+            cmd += ["--memory-cap-gib", str(args.memory_cap_gib)]
+        if args.threads:
+            cmd += ["--threads", str(args.threads)]
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+               "PYTHONWARNINGS": "ignore::FutureWarning,ignore::UserWarning"}
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT)
+        row = None
+        tail: list[str] = []
+        for line in iter(proc.stdout.readline, ""):
+            if line.startswith(RESULT_PREFIX):
+                row = json.loads(line[len(RESULT_PREFIX):])
+            else:
+                tail = (tail + [line.rstrip()])[-15:]
+                if line.startswith("  [") or args.verbose:
+                    say(line.rstrip())
+        rc = proc.wait()
+        if row is None:
+            row = {"name": name, "ok": False, "error": f"process exited {rc} without a result: " + " / ".join(tail[-5:])}
+            say("\n".join(tail))
+        rows.append(row)
+        out.write_text(json.dumps(rows, ensure_ascii=False, indent=1))
+        say(f"  [{name}] {'ok' if row.get('ok') else 'FAILED'}: peak {row.get('peak_gpu_gib')} GiB, "
+            f"train {row.get('train_tok_s')} tok/s, eval+generation {row.get('eval_gen_s')} s, "
+            f"precision {row.get('eff_precision')}, 4-bit {row.get('eff_load_in_4bit')}, batch "
+            f"{row.get('eff_train_batch_size')} x {row.get('eff_gradient_accumulation_steps')}"
+            + (f"; error: {row['error']}" if row.get("error") else ""))
+    say(f"\nwrote {out} ({time.time() - started:.0f}s in all)")
+    say("generation ran with min_length = max_length (forced worst-case length); train tok/s counts label tokens; "
+        "eval+gen s is the Trainer's eval_runtime for one batch of per_device_eval_batch_size dialogues\n")
+    say(_table(rows))
+    return 0 if all(r.get("ok") for r in rows) else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--only", nargs="+", metavar="NAME", help="experiment names (default: all in --search-space)")
+    p.add_argument("--steps", type=int, default=6, help="optimizer steps per config (one epoch; default 6)")
+    p.add_argument("--out", help="JSON results file (default benchmarks/results-<date>.json)")
+    p.add_argument("--cache-dir", default="/tmp/bench-cache", help="where stand-ins are built, once per architecture")
+    p.add_argument("--search-space", default=str(ROOT / "search_spaces"))
+    p.add_argument("--tiny", action="store_true", help="tiny stand-ins and short lengths, runs on the CPU (tests the script)")
+    p.add_argument("--cpu-ok", action="store_true", help="run real-size stand-ins on the CPU too (very slow)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads in each config's process")
+    p.add_argument("--verbose", action="store_true", help="show each config process's whole output")
+    p.add_argument("--memory-cap-gib", type=float, default=None,
+                   help="cap this process's GPU memory (e.g. 22 to act like a 24 GB RTX 3090): OOM back-off then shows")
+    p.add_argument("--one", metavar="NAME", help=argparse.SUPPRESS)  # internal: one config, in this process
+    args = p.parse_args(argv)
+    if args.steps < 1:
+        p.error("--steps must be at least 1")
+
+    from trainables.config import load_search_space
+
+    if args.one:
+        import logging
+
+        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+        for noisy in ("transformers", "datasets", "peft", "bitsandbytes"):
+            logging.getLogger(noisy).setLevel(logging.ERROR)
+        cfg = load_search_space(Path(args.search_space), [args.one])[0]
+        row = bench_config(cfg, args)
+        print(RESULT_PREFIX + json.dumps(row, ensure_ascii=False), flush=True)
+        return 0 if row["ok"] else 1
+
+    import torch
+
+    if not torch.cuda.is_available() and not (args.tiny or args.cpu_ok):
+        say("no CUDA GPU here: this benchmark is meant for one; add --tiny to test the script on the CPU "
+            "(tiny stand-ins, short lengths), or --cpu-ok to run the real sizes on the CPU anyway (very slow)")
+        return 2
+    names = [c.name for c in load_search_space(Path(args.search_space), args.only)]
+    return run_all(args, names)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
