@@ -53,6 +53,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--metric", default="competition_score",
                         choices=("competition_score", "rouge1", "rouge2", "rougeL", "eval_loss"),
                         help="chooses the best checkpoint of each trial and the best trial")
+    parser.add_argument("--tokenization", choices=("whitespace", "morpheme"),
+                        help="ROUGE tokenization for every experiment (default: each YAML's metric.tokenization, "
+                             "whitespace unless set)")
     parser.add_argument("--max-concurrent", type=int, help="trials at once (default: the GPUs, the cluster's with --address, or CPUs in smoke)")
     parser.add_argument("--max-failures", type=int, default=2, help="retries of a failed trial from its checkpoint")
     parser.add_argument("--keep-checkpoints", type=_positive_int, default=1, metavar="N",

@@ -114,3 +114,21 @@ def test_modes_change_only_what_they_say():
     assert any(c.startswith("generation.num_beams") for c in changes)
     with pytest.raises(ConfigError, match="unknown mode"):
         apply_mode(cfg, "turbo")
+
+
+def test_tokenization_override_and_missing_analyzer(monkeypatch):
+    import argparse
+    import importlib.util
+
+    from trainables import launch
+
+    args = argparse.Namespace(search_space=str(ROOT / "search_spaces"), only=["01_baseline_kobart_rtx3090"],
+                              mode="smoke", data_dir=str(ROOT / "data"), tokenization="morpheme")
+    experiments, _, changes = launch.check_inputs(args)
+    assert experiments[0]["metric"]["tokenization"] == "morpheme"
+    assert any("--tokenization" in c for c in changes["01_baseline_kobart_rtx3090"])
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "kiwipiepy" else real_find_spec(name, *a))
+    with pytest.raises(ConfigError, match="kiwipiepy"):
+        launch.check_inputs(args)

@@ -6,13 +6,14 @@ no results: configs, data files, GPUs, models.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import sys
 from pathlib import Path
 from typing import Any
 
-from trainables.config import ConfigError, apply_mode, load_search_space, static_problems
+from trainables.config import SMOKE_LIMITS, ConfigError, apply_mode, load_search_space, static_problems
 from trainables.data import DataError, check_data_dir, training_texts
 from trainables.grid import GridPlan, experiment_name
 from trainables.secrets import check_no_secrets
@@ -30,8 +31,9 @@ def count_local_gpus() -> int:
     return torch.cuda.device_count()
 
 
-def check_inputs(args) -> tuple[list[dict[str, Any]], list[str]]:
-    """Validate configs and data for a mode; return the mode-applied experiments and warnings."""
+def check_inputs(args) -> tuple[list[dict[str, Any]], list[str], dict[str, list[str]]]:
+    """Validate configs and data for a mode; return the mode-applied experiments, warnings, and per
+    experiment what the mode changed."""
     configs = load_search_space(Path(args.search_space), args.only)
     errors, warnings = [], []
     for cfg in configs:
@@ -40,16 +42,29 @@ def check_inputs(args) -> tuple[list[dict[str, Any]], list[str]]:
         warnings += w
     if errors:
         raise ConfigError("\n".join(errors))
-    experiments = []
+    experiments, mode_changes = [], {}
     for cfg in configs:
-        exp, changes = apply_mode(cfg, args.mode)
-        if changes:
-            log.info("%s: %s mode changes %s", cfg.name, args.mode, "; ".join(changes))
+        exp, mode_changes[cfg.name] = apply_mode(cfg, args.mode)  # each trial reports them (eff_mode_changes)
+        tokenization = getattr(args, "tokenization", None)
+        if tokenization and tokenization != exp["metric"]["tokenization"]:
+            mode_changes[cfg.name].append(f"metric.tokenization: {exp['metric']['tokenization']} -> {tokenization} (--tokenization)")
+            exp["metric"]["tokenization"] = tokenization
         experiments.append(exp)
+    morpheme = [e["name"] for e in experiments if e["metric"]["tokenization"] == "morpheme"]
+    if morpheme and importlib.util.find_spec("kiwipiepy") is None:
+        raise ConfigError(
+            f"metric.tokenization: morpheme (in {', '.join(morpheme)}) needs the Korean analyzer kiwipiepy, which is not "
+            "installed; pip install -e '.[morpheme]', or use --tokenization whitespace"
+        )
+    if args.mode == "smoke":
+        log.info("smoke mode: stand-in models, lengths <= %d/%d tokens, <= %d epochs, <= %d beams, LoRA rank <= %d, "
+                 "lr >= %g; each trial reports what it changed (eff_mode_changes)", SMOKE_LIMITS["encoder_max_len"],
+                 SMOKE_LIMITS["decoder_max_len"], SMOKE_LIMITS["num_train_epochs"], SMOKE_LIMITS["num_beams"],
+                 SMOKE_LIMITS["lora_rank"], SMOKE_LIMITS["min_learning_rate"])
     check_data_dir(Path(args.data_dir), need_test=False)
     if not (Path(args.data_dir) / "test.csv").exists():
         warnings.append(f"{Path(args.data_dir) / 'test.csv'} not found: training runs, `predict` will need it")
-    return experiments, warnings
+    return experiments, warnings, mode_changes
 
 
 def prepare_models(experiments: list[dict[str, Any]], mode: str, data_dir: Path, cache_dir: Path) -> dict[str, dict]:
@@ -80,7 +95,7 @@ def plan_run(args) -> GridPlan:
     from trainables.models import default_cache_dir
 
     fault = fault_from_env()  # testing hook; a bad value stops here, before anything is built
-    experiments, warnings = check_inputs(args)
+    experiments, warnings, mode_changes = check_inputs(args)
     for w in warnings:
         log.warning(w)
     use_gpu = (args.mode != "smoke" or getattr(args, "gpu", False)) and not args.allow_cpu
@@ -103,6 +118,7 @@ def plan_run(args) -> GridPlan:
         "mode": args.mode,
         "data_dir": str(data_dir),
         "models": models,
+        "mode_changes": mode_changes,
         "torch_threads": 1 if not use_gpu else None,
         "wandb": bool(args.wandb),
         "wandb_project": getattr(args, "wandb_project", None),
@@ -177,6 +193,8 @@ def start_ray(args, mode: str, use_gpu: bool) -> int:
     """Start a local Ray, or connect to the cluster at --address / RAY_ADDRESS; return the cluster's GPU count."""
     import ray
 
+    # Smoke trials checkpoint every few seconds; Ray's "snapshotting may become a bottleneck" advice is noise there.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     kwargs: dict[str, Any] = {
         "runtime_env": {"env_vars": worker_env(mode)},
         "include_dashboard": bool(args.dashboard),
@@ -251,9 +269,11 @@ def resume_grid(args) -> int:
 
 
 def check_only(args) -> int:
-    experiments, warnings = check_inputs(args)
+    experiments, warnings, mode_changes = check_inputs(args)
     for exp in experiments:
         print(f"ok  {exp['name']}: {exp['model']['architecture']} {exp['model']['checkpoint']}")
+        if mode_changes.get(exp["name"]):
+            print(f"      {args.mode} mode changes: {'; '.join(mode_changes[exp['name']])}")
     for w in warnings:
         print(f"warning: {w}")
     return 0

@@ -156,6 +156,7 @@ def plot_curves(experiment_dir: Path, out_dir: Path | None = None, analysis=None
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     analysis = analysis or load_analysis(experiment_dir)
     out_dir = Path(out_dir or Path(experiment_dir) / "report")
@@ -198,6 +199,7 @@ def plot_curves(experiment_dir: Path, out_dir: Path | None = None, analysis=None
                 handles.setdefault(legend, line)
             ax.set_title(label)
             ax.set_xlabel("epoch")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.set_ylabel(column)
             ax.grid(True, alpha=0.3)
         fig.suptitle(f"{titles[filename]} — {name}", fontsize=13)

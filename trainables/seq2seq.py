@@ -96,6 +96,7 @@ def _make_callbacks(exp, run, settings: EffectiveSettings, report: Report, token
                 "elapsed_s": round(time.time() - started, 2),
                 **_peak_memory(),
                 **settings.as_metrics(),
+                "eff_mode_changes": "; ".join(run.get("mode_changes", {}).get(exp["name"], [])),
             }
             report(metrics, str(ckpt))
 
