@@ -293,11 +293,3 @@ def experiment_from_dict(d: dict[str, Any]) -> ExperimentConfig:
     """Re-validate a config dict that came back from Ray (params.json or a trial's config)."""
     keep = {k: v for k, v in d.items() if k in ExperimentConfig.model_fields}
     return ExperimentConfig.model_validate(keep)
-
-
-_SECRET = re.compile(r"(?i)(api[_-]?key|token|secret|password)")
-
-
-def is_secret_key(key: str) -> bool:
-    """Keys whose values must never be written to params, results or logs."""
-    return bool(_SECRET.search(key))

@@ -67,7 +67,8 @@ def read_split(data_dir: Path, split: str) -> Split:
     dropped = int((~keep).sum())
     frame = frame[keep].reset_index(drop=True)
     if frame.empty:
-        raise DataError(f"{path}: no rows with a non-empty {' and '.join(text_columns)}")
+        raise DataError(f"{path}: no rows with a non-empty {' and '.join(text_columns)}; fill those columns in, "
+                        "or point --data-dir at the competition's files")
     if dropped:
         log.warning("%s: dropped %d row(s) with an empty or missing %s", path, dropped, " or ".join(text_columns))
     return Split(split, path, frame, dropped)

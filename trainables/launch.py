@@ -16,7 +16,7 @@ from typing import Any
 from trainables.config import SMOKE_LIMITS, ConfigError, apply_mode, load_search_space, static_problems
 from trainables.data import DataError, check_data_dir, training_texts
 from trainables.grid import GridPlan, experiment_name
-from trainables.secrets import check_no_secrets
+from trainables.secrets import SecretLeak, check_no_secrets
 
 log = logging.getLogger("tune_main7")
 
@@ -284,4 +284,4 @@ def fail(message: str) -> int:
     return 2
 
 
-KNOWN_ERRORS = (ConfigError, DataError, UsageError)
+KNOWN_ERRORS = (ConfigError, DataError, UsageError, SecretLeak)

@@ -314,8 +314,10 @@ def _torch_dtype(name: str):
 def resolve_lora_targets(model, targets: list[str], notes: list[str]) -> list[str]:
     """Every LoRA target must match a module; the seed's `wi` on mT5 silently matched nothing.
 
-    In transformers 5, (m)T5's encoder/decoder `embed_tokens` are the very module `shared`, which peft
-    finds only under that name: `embed_tokens` is mapped to `shared` there, with a note."""
+    In transformers 5.24, once the vocabulary has grown (resize_token_embeddings, for the speaker tokens),
+    (m)T5's encoder/decoder `embed_tokens` are the very module `shared`, which peft then finds only under
+    that name: `embed_tokens` is mapped to `shared` there, with a note. Without a resize they stay modules
+    of their own and the name is kept."""
     names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
     resolved = []
     for target in targets:

@@ -23,6 +23,10 @@ SECRET_NAME = re.compile(r"(?i)(api[_-]?key|(^|_)token($|_)|secret|password)")  
 REDACTED = "***"
 
 
+class SecretLeak(ValueError):
+    """A secret would be written into params, results or logs."""
+
+
 def is_secret_name(name: str) -> bool:
     return name in KNOWN_SECRETS or bool(SECRET_NAME.search(name))
 
@@ -104,5 +108,5 @@ def check_no_secrets(obj: Any, what: str) -> None:
     """Raise if `obj` (trial config, runtime_env env_vars) would carry a secret into files or logs."""
     found = find_secrets(obj)
     if found:
-        raise ValueError(f"{what} would carry secret value(s) at {', '.join(found)}: secrets are read from the "
+        raise SecretLeak(f"{what} would carry secret value(s) at {', '.join(found)}: secrets are read from the "
                          "environment or .env by each process, never passed in configs")
