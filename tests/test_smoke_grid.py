@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from trainables.config import apply_mode, load_search_space
+from trainables.config import load_search_space
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow

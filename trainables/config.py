@@ -8,7 +8,6 @@ This module knows nothing of Ray or torch.
 from __future__ import annotations
 
 import copy
-import re
 from pathlib import Path
 from typing import Any, Literal
 

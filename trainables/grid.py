@@ -7,8 +7,7 @@ ran and `ExperimentAnalysis.dataframe()` has a column per setting.
 from __future__ import annotations
 
 import logging
-import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any

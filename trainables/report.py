@@ -11,7 +11,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from trainables.grid import EXPERIMENT_PREFIX, MARKER  # noqa: F401  (EXPERIMENT_PREFIX: re-exported)
+from trainables.grid import MARKER
 
 SCORE_COLUMNS = ("competition_score", "rouge1", "rouge2", "rougeL")
 LOSS_COLUMNS = ("train_loss", "eval_loss")
