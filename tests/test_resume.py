@@ -25,7 +25,7 @@ from tests.conftest import ROOT, run_cli
 
 TRIAL = "01_baseline_kobart_rtx3090"  # the fastest trial: 3 epochs in smoke mode
 SECRET = "sk-test-123-do-not-log"
-METRICS = ("eval_loss", "loss", "rouge1", "rouge2", "rougeL", "competition_score", "train_loss")
+METRICS = ("eval_loss", "rouge1", "rouge2", "rougeL", "competition_score", "train_loss")
 
 
 def _cli(cwd: Path, *args: str, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:

@@ -62,17 +62,9 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def with_eval_loss(result: dict[str, Any]) -> dict[str, Any]:
-    """Results reported before `eval_loss` had its own key carry the dev loss as `loss`."""
-    if number(result.get("eval_loss")) is None and number(result.get("loss")) is not None:
-        result = {**result, "eval_loss": result["loss"]}
-    return result
-
-
 def summarize_results(results: list[dict[str, Any]], metric: str = "competition_score") -> dict[str, Any]:
     """One trial's row from its reported results (in order): the best evaluation by `metric` (its scores and
     epoch), train time and peak memory so far, and the effective settings of the last report."""
-    results = [with_eval_loss(r) for r in results]
     row: dict[str, Any] = {"evaluations": len(results)}
     scored = [r for r in results if number(r.get(metric)) is not None]
     if scored:
@@ -167,9 +159,6 @@ def plot_curves(experiment_dir: Path, out_dir: Path | None = None, analysis=None
         frame = frames.get(trial.trial_id)
         if frame is not None and len(frame) and "training_iteration" in frame:
             frame = frame.sort_values("training_iteration")
-        if frame is not None and len(frame) and "loss" in frame:
-            frame = frame.copy()
-            frame["eval_loss"] = frame["eval_loss"].fillna(frame["loss"]) if "eval_loss" in frame else frame["loss"]
         series.append((trial.config["experiment"]["name"], trial.status, frame))
     name = Path(experiment_dir).resolve().name
     panels = {

@@ -90,8 +90,9 @@ def _make_callbacks(exp, run, settings: EffectiveSettings, report: Report, token
             metrics = {
                 "epoch": round(state.epoch or 0.0, 4),
                 "step": state.global_step,
-                **{k.removeprefix("eval_"): v for k, v in last.items() if k.startswith("eval_") and not k.endswith(("_runtime", "per_second"))},
-                "eval_loss": last.get("eval_loss", float("nan")),  # the prefix-stripped key is "loss": keep the clear name
+                # rouge1, rouge2, rougeL, competition_score, gen_len without the Trainer's prefix; eval_loss keeps it
+                **{(k if k == "eval_loss" else k.removeprefix("eval_")): v for k, v in last.items()
+                   if k.startswith("eval_") and not k.endswith(("_runtime", "per_second"))},
                 "train_loss": losses[-1] if losses else float("nan"),
                 "elapsed_s": round(time.time() - started, 2),
                 **_peak_memory(),
