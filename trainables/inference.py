@@ -9,15 +9,16 @@ from trainables.data import model_inputs
 from trainables.metrics import clean_summary
 
 
-def generate_summaries(model, tokenizer, dialogues: list[str], exp: dict[str, Any], batch_size: int = 16) -> list[str]:
+def generate_summaries(model, tokenizer, dialogues: list[str], exp: dict[str, Any], batch_size: int | None = None) -> list[str]:
     """Cleaned summaries for `dialogues`: the config's prefix, lengths, beams and penalties; special tokens
-    removed, speaker tags and masks kept."""
+    removed, speaker tags and masks kept. Batches default to the config's evaluation batch."""
     import torch
 
     tok, gen = exp["tokenizer"], exp["generation"]
     strip = list(tokenizer.all_special_tokens)
     device = next(model.parameters()).device
     inputs = model_inputs(dialogues, tok["input_prefix"])
+    batch_size = batch_size or exp["training"]["per_device_eval_batch_size"]
     model.eval()
     out: list[str] = []
     for start in range(0, len(inputs), batch_size):

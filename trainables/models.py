@@ -311,6 +311,27 @@ def _torch_dtype(name: str):
     )
 
 
+def quantized_loading(qlora: dict[str, Any], precision: str, device: str) -> dict[str, Any]:
+    """`from_pretrained` arguments for a 4-bit base: NF4/FP4, double quantization, and a compute dtype the
+    run can use (the config's bf16 only where the run is in bf16; fp32 on the CPU)."""
+    from transformers import BitsAndBytesConfig
+
+    compute = qlora["bnb_4bit_compute_dtype"]
+    if precision == "fp32" or device == "cpu":
+        compute = "float32"
+    elif compute == "bfloat16" and precision != "bf16":
+        compute = "float16"
+    return {
+        "quantization_config": BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type=qlora["bnb_4bit_quant_type"],
+            bnb_4bit_use_double_quant=qlora["bnb_4bit_use_double_quant"],
+            bnb_4bit_compute_dtype=_torch_dtype(compute),
+        ),
+        "device_map": {"": 0 if device == "cuda" else "cpu"},
+    }
+
+
 def resolve_lora_targets(model, targets: list[str], notes: list[str]) -> list[str]:
     """Every LoRA target must match a module; the seed's `wi` on mT5 silently matched nothing.
 
@@ -339,18 +360,7 @@ def load_model(exp: dict[str, Any], model_path: str, tokenizer, settings: Effect
     q, t = exp["qlora"], exp["training"]
     kwargs: dict[str, Any] = {}
     if settings.load_in_4bit:
-        from transformers import BitsAndBytesConfig
-
-        compute = q["bnb_4bit_compute_dtype"]
-        if settings.precision == "fp32" or (compute == "bfloat16" and settings.precision != "bf16"):
-            compute = "float32" if settings.precision == "fp32" else "float16"
-        kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True,
-            bnb_4bit_quant_type=q["bnb_4bit_quant_type"],
-            bnb_4bit_use_double_quant=q["bnb_4bit_use_double_quant"],
-            bnb_4bit_compute_dtype=_torch_dtype(compute),
-        )
-        kwargs["device_map"] = {"": 0 if settings.device == "cuda" else "cpu"}
+        kwargs = quantized_loading(q, settings.precision, settings.device)
     model = AutoModelForSeq2SeqLM.from_pretrained(model_path, dtype=torch.float32, **kwargs)
     old_vocab = model.get_input_embeddings().num_embeddings
     if len(tokenizer) > old_vocab:

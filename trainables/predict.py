@@ -18,7 +18,7 @@ from trainables.data import DataError
 
 log = logging.getLogger("tune_main7")
 
-TRIAL_META = "trial_meta.json"
+from trainables.seq2seq import TRIAL_META  # noqa: E402  (one name for the file, written there)
 
 
 class PredictError(RuntimeError):
@@ -48,7 +48,7 @@ def load_for_inference(checkpoint: Path, meta: dict[str, Any]):
     import torch
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
-    from trainables.models import _torch_dtype
+    from trainables.models import quantized_loading
 
     checkpoint = Path(checkpoint)
     exp, settings = meta["experiment"], meta.get("settings", {})
@@ -60,19 +60,7 @@ def load_for_inference(checkpoint: Path, meta: dict[str, Any]):
         return model, tokenizer
     kwargs: dict[str, Any] = {}
     if settings.get("eff_load_in_4bit"):
-        from transformers import BitsAndBytesConfig
-
-        q, precision = exp["qlora"], settings.get("eff_precision", "fp32")
-        compute = q["bnb_4bit_compute_dtype"]
-        if device == "cpu" or precision == "fp32":
-            compute = "float32"
-        elif compute == "bfloat16" and precision != "bf16":
-            compute = "float16"
-        kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type=q["bnb_4bit_quant_type"],
-            bnb_4bit_use_double_quant=q["bnb_4bit_use_double_quant"], bnb_4bit_compute_dtype=_torch_dtype(compute),
-        )
-        kwargs["device_map"] = {"": 0 if device == "cuda" else "cpu"}
+        kwargs = quantized_loading(exp["qlora"], settings.get("eff_precision", "fp32"), device)
     from peft import PeftModel
 
     model = AutoModelForSeq2SeqLM.from_pretrained(meta["model_path"], dtype=torch.float32, **kwargs)
@@ -85,7 +73,7 @@ def load_for_inference(checkpoint: Path, meta: dict[str, Any]):
 
 
 def predict(experiment_dir: Path | None, checkpoint: str | None, out: Path, data_dir: Path,
-            metric: str = "competition_score", batch_size: int = 16) -> Path:
+            metric: str = "competition_score", batch_size: int | None = None) -> Path:
     """Write `out` (fname,summary; one row per test dialogue, UTF-8) and return its path."""
     import pandas as pd
     from transformers.utils import logging as hf_logging

@@ -126,27 +126,45 @@ def _make_callbacks(exp, run, settings: EffectiveSettings, report: Report, token
     return callbacks
 
 
-def _compute_metrics_fn(exp, tokenizer):
+def _compute_metrics_fn(exp, tokenizer, references: list[str]):
+    """ROUGE of the generated dev summaries against the dev set's own summary text.
+
+    Not against the decoded labels: those went through the tokenizer, so they are cut at decoder_max_len and
+    carry its spacing and unknown-token losses, which would make every score differ from the competition's."""
     import numpy as np
 
     from trainables.metrics import KoreanRouge, clean_summary
 
     scorer = KoreanRouge(exp["metric"]["tokenization"])  # the analyzer loads once per trial
-    strip = [t for t in tokenizer.all_special_tokens]
+    strip = list(tokenizer.all_special_tokens)
+    refs = [clean_summary(r) for r in references]
 
     def compute(eval_pred):
-        preds, labels = eval_pred.predictions, eval_pred.label_ids
-        if isinstance(preds, tuple):
-            preds = preds[0]
+        preds = eval_pred.predictions[0] if isinstance(eval_pred.predictions, tuple) else eval_pred.predictions
         preds = np.where(preds < 0, tokenizer.pad_token_id, preds)
-        labels = np.where(labels < 0, tokenizer.pad_token_id, labels)
         decoded = [clean_summary(t, strip) for t in tokenizer.batch_decode(preds, skip_special_tokens=True)]
-        refs = [clean_summary(t, strip) for t in tokenizer.batch_decode(labels, skip_special_tokens=True)]
+        if len(decoded) != len(refs):
+            raise RuntimeError(f"{len(decoded)} predictions for {len(refs)} dev summaries: evaluation order is broken")
         scores = scorer.score(decoded, refs)
         scores["gen_len"] = float(np.mean([len(p.split()) for p in decoded])) if decoded else 0.0
         return scores
 
     return compute
+
+
+def _in_order_eval_trainer():
+    from torch.utils.data import SequentialSampler
+    from transformers import Seq2SeqTrainer
+
+    class InOrderEvalTrainer(Seq2SeqTrainer):
+        """Evaluates the dev set in file order. With train_sampling_strategy="group_by_length", transformers 5
+        also length-groups the evaluation batches, and predictions would no longer line up with the dev
+        summaries that compute_metrics scores them against."""
+
+        def _get_eval_sampler(self, eval_dataset):
+            return SequentialSampler(eval_dataset)
+
+    return InOrderEvalTrainer
 
 
 def _training_args(exp, run, settings: EffectiveSettings, output_dir: str):
@@ -194,7 +212,7 @@ def _training_args(exp, run, settings: EffectiveSettings, output_dir: str):
 def run_trial(config: dict[str, Any], report: Report, resume_from: str | None = None) -> dict[str, Any]:
     """Train one experiment; `report(metrics, checkpoint_dir)` is called after every evaluation."""
     import torch
-    from transformers import DataCollatorForSeq2Seq, PrinterCallback, Seq2SeqTrainer, set_seed
+    from transformers import DataCollatorForSeq2Seq, PrinterCallback, set_seed
 
     from trainables.data import read_split, tokenize_split
 
@@ -213,9 +231,10 @@ def run_trial(config: dict[str, Any], report: Report, resume_from: str | None = 
     data_dir = Path(run["data_dir"])
     train = tokenize_split(read_split(data_dir, "train").frame, tokenizer, tok_cfg["input_prefix"],
                            tok_cfg["encoder_max_len"], tok_cfg["decoder_max_len"])
-    dev = tokenize_split(read_split(data_dir, "dev").frame, tokenizer, tok_cfg["input_prefix"],
-                         tok_cfg["encoder_max_len"], tok_cfg["decoder_max_len"])
-    compute_metrics = _compute_metrics_fn(exp, tokenizer)
+    dev_frame = read_split(data_dir, "dev").frame
+    dev = tokenize_split(dev_frame, tokenizer, tok_cfg["input_prefix"], tok_cfg["encoder_max_len"], tok_cfg["decoder_max_len"])
+    compute_metrics = _compute_metrics_fn(exp, tokenizer, dev_frame["summary"].tolist())
+    _InOrderEvalTrainer = _in_order_eval_trainer()
     output_dir = tempfile.mkdtemp(prefix=f"hf-{exp['name']}-")
     try:
         while True:
@@ -230,7 +249,7 @@ def run_trial(config: dict[str, Any], report: Report, resume_from: str | None = 
             )
             trainable, total = count_parameters(model)
             log.info("%s: %d of %d parameters trainable (%s)", exp["name"], trainable, total, settings.model_source)
-            trainer = Seq2SeqTrainer(
+            trainer = _InOrderEvalTrainer(
                 model=model,
                 args=_training_args(exp, run, settings, output_dir),
                 train_dataset=train,
