@@ -34,12 +34,14 @@ def _positive_int(text: str) -> int:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    from trainables.config import METRICS, MODES  # pyyaml and pydantic only: --help stays fast
+
     parser = argparse.ArgumentParser(
         prog="tune_main7.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("command", nargs="?", default="run", choices=COMMANDS, help="what to do (default: run)")
     parser.add_argument("target", nargs="?", help="report/predict: the experiment folder (default: the latest)")
-    parser.add_argument("--mode", default="smoke", choices=("smoke", "quick", "full"),
+    parser.add_argument("--mode", default="smoke", choices=MODES,
                         help="smoke: offline stand-ins on CPU; quick: real models, 1 epoch; full: real models")
     parser.add_argument("--resume", nargs="?", const="latest", metavar="DIR",
                         help="continue an interrupted experiment (default: the latest under --storage-path)")
@@ -51,7 +53,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--name", help="experiment folder name (default: main7-<mode>-<timestamp>)")
     parser.add_argument("--cache-dir", help="where stand-in models are built (default: ~/.cache/tune_main7)")
     parser.add_argument("--metric", default="competition_score",
-                        choices=("competition_score", "rouge1", "rouge2", "rougeL", "eval_loss"),
+                        choices=METRICS,
                         help="chooses the best checkpoint of each trial and the best trial")
     parser.add_argument("--tokenization", choices=("whitespace", "morpheme"),
                         help="ROUGE tokenization for every experiment (default: each YAML's metric.tokenization, "
@@ -61,7 +63,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--keep-checkpoints", type=_positive_int, default=1, metavar="N",
                         help="per trial, keep the N best checkpoints by --metric plus always the latest "
                              "(default 1: the best and the latest, at most two folders)")
-    parser.add_argument("--allow-cpu", action="store_true", help="quick/full without a GPU: run on the CPU")
+    parser.add_argument("--allow-cpu", action="store_true", help="run the trials on the CPU even in quick/full mode (real models: very slow, one at a time)")
     parser.add_argument("--gpu", action="store_true",
                         help="smoke mode on GPUs: stand-in models, but one GPU per trial (checks the GPU stack offline)")
     parser.add_argument("--address", help="connect to an existing Ray cluster (auto, host:port or ray://host:port; RAY_ADDRESS works too)")
@@ -90,17 +92,22 @@ def main(argv: list[str] | None = None) -> int:
             from trainables.report import latest_experiment, print_summary
 
             target = Path(args.target) if args.target else latest_experiment(Path(args.storage_path))
-            if target is None or not target.is_dir():
-                return launch.fail(f"no experiment found at {args.target or args.storage_path}")
+            problem = launch.not_an_experiment(target, args.target or args.storage_path)
+            if problem:
+                return launch.fail(problem)
             print_summary(target, args.metric)
             return 0
         if args.command == "predict":
             from trainables.predict import PredictError, predict
             from trainables.report import latest_experiment
 
-            target = Path(args.target) if args.target else latest_experiment(Path(args.storage_path))
-            if args.checkpoint is None and (target is None or not target.is_dir()):
-                return launch.fail(f"no experiment found at {args.target or args.storage_path}")
+            if args.target or not args.checkpoint:
+                target = Path(args.target) if args.target else latest_experiment(Path(args.storage_path))
+                problem = launch.not_an_experiment(target, args.target or args.storage_path)
+                if problem:
+                    return launch.fail(problem)
+            else:
+                target = None  # a named checkpoint needs no experiment; --out defaults to the current folder
             out = Path(args.out) if args.out else (target or Path.cwd()) / "submission.csv"
             try:
                 predict(target, args.checkpoint, out, Path(args.data_dir), args.metric)

@@ -175,3 +175,27 @@ def test_rows_with_empty_text_are_dropped_with_a_count(tmp_path: Path):
     proc = run_cli("check", "--data-dir", str(data), "--only", "01_baseline_kobart_rtx3090", timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "dev.csv: dropped 3 row(s) with an empty or missing dialogue or summary" in proc.stderr
+
+
+def test_report_predict_resume_on_folders_that_are_not_experiments(tmp_path):
+    """A plain folder, or one with our marker but no Tune state (a run killed at once): one-line errors."""
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    early = tmp_path / "killed-early"
+    early.mkdir()
+    (early / "tune_main7.json").write_text('{"mode": "smoke", "use_gpu": false}')
+    for args, needle in ((["report", str(plain)], "is not an experiment started by tune_main7.py"),
+                         (["predict", str(plain)], "is not an experiment started by tune_main7.py"),
+                         (["report", str(early)], "has no Tune state yet"),
+                         (["--resume", str(early)], "has no Tune state to resume")):
+        proc = run_cli(*args, "--storage-path", str(tmp_path), timeout=120)
+        assert proc.returncode == 2, (args, proc.stderr[-2000:])
+        assert needle in proc.stderr and "Traceback" not in proc.stderr, (args, proc.stderr[-2000:])
+
+
+def test_predict_with_an_unreadable_trial_meta(tmp_path):
+    checkpoint = tmp_path / "checkpoint_000000"
+    checkpoint.mkdir()
+    (checkpoint / "trial_meta.json").write_text("{truncated")
+    proc = run_cli("predict", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "s.csv"), timeout=120)
+    assert proc.returncode == 2 and "unreadable" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]

@@ -14,7 +14,6 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-ARCHITECTURES = ("mt5", "t5", "bart")
 MODES = ("smoke", "quick", "full")
 # transformers.SchedulerType values; kept here so that checking a config needs no transformers import.
 SCHEDULERS = (
@@ -28,6 +27,11 @@ DEFAULT_SPECIAL_TOKENS = [
     "#DateOfBirth#", "#SSN#", "#CardNumber#", "#CarNumber#", "#Email#",
 ]
 METRICS = ("competition_score", "rouge1", "rouge2", "rougeL", "eval_loss")
+
+
+def mode_of(metric: str) -> str:
+    """Whether a metric is better high ("max") or low ("min": only the loss)."""
+    return "min" if metric == "eval_loss" else "max"
 
 
 class ConfigError(ValueError):
@@ -118,7 +122,8 @@ class QLoraSection(_Section):
 
 class MetricSection(_Section):
     tokenization: Literal["whitespace", "morpheme"] = "whitespace"
-    # Chooses the best checkpoint and drives early stopping.
+    # Drives early stopping inside the trial. Which checkpoints Tune keeps, and the best trial/checkpoint for
+    # report and predict, follow the command line's --metric (one metric across all trials).
     best_metric: Literal["competition_score", "rouge1", "rouge2", "rougeL", "eval_loss"] = "competition_score"
 
 
@@ -286,9 +291,3 @@ def apply_mode(cfg: ExperimentConfig, mode: str) -> tuple[dict[str, Any], list[s
         set_value("qlora", "lora_rank", min(q["lora_rank"], lim["lora_rank"]))
         set_value("qlora", "lora_alpha", min(q["lora_alpha"], 2 * lim["lora_rank"]))
     return d, changes
-
-
-def experiment_from_dict(d: dict[str, Any]) -> ExperimentConfig:
-    """Re-validate a config dict that came back from Ray (params.json or a trial's config)."""
-    keep = {k: v for k, v in d.items() if k in ExperimentConfig.model_fields}
-    return ExperimentConfig.model_validate(keep)

@@ -74,10 +74,9 @@ def read_split(data_dir: Path, split: str) -> Split:
     return Split(split, path, frame, dropped)
 
 
-def check_data_dir(data_dir: Path, need_test: bool = False) -> dict[str, Split]:
-    """Read train and dev (and test, when asked) before any trial starts."""
-    splits = ["train", "dev"] + (["test"] if need_test else [])
-    return {s: read_split(data_dir, s) for s in splits}
+def check_data_dir(data_dir: Path) -> dict[str, Split]:
+    """Read train and dev before any trial starts (test.csv is read by `predict`)."""
+    return {s: read_split(data_dir, s) for s in ("train", "dev")}
 
 
 def training_texts(data_dir: Path) -> list[str]:

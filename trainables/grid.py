@@ -10,6 +10,8 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+
+from trainables.config import mode_of
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -96,7 +98,7 @@ def build_tuner(plan: GridPlan, trainable=None):
             checkpoint_config=tune.CheckpointConfig(
                 num_to_keep=plan.keep_checkpoints,
                 checkpoint_score_attribute=plan.metric,
-                checkpoint_score_order="min" if plan.metric == "eval_loss" else "max",
+                checkpoint_score_order=mode_of(plan.metric),
             ),
             failure_config=tune.FailureConfig(max_failures=plan.max_failures),
             verbose=1,

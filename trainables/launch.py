@@ -15,7 +15,7 @@ from typing import Any
 
 from trainables.config import SMOKE_LIMITS, ConfigError, apply_mode, load_search_space, static_problems
 from trainables.data import DataError, check_data_dir, training_texts
-from trainables.grid import GridPlan, experiment_name
+from trainables.grid import MARKER, GridPlan, experiment_name, is_uri, storage_location
 from trainables.secrets import SecretLeak, check_no_secrets
 
 log = logging.getLogger("tune_main7")
@@ -61,7 +61,7 @@ def check_inputs(args) -> tuple[list[dict[str, Any]], list[str], dict[str, list[
                  "lr >= %g; each trial reports what it changed (eff_mode_changes)", SMOKE_LIMITS["encoder_max_len"],
                  SMOKE_LIMITS["decoder_max_len"], SMOKE_LIMITS["num_train_epochs"], SMOKE_LIMITS["num_beams"],
                  SMOKE_LIMITS["lora_rank"], SMOKE_LIMITS["min_learning_rate"])
-    check_data_dir(Path(args.data_dir), need_test=False)
+    check_data_dir(Path(args.data_dir))
     if not (Path(args.data_dir) / "test.csv").exists():
         warnings.append(f"{Path(args.data_dir) / 'test.csv'} not found: training runs, `predict` will need it")
     return experiments, warnings, mode_changes
@@ -99,8 +99,8 @@ def plan_run(args) -> GridPlan:
     for w in warnings:
         log.warning(w)
     use_gpu = (args.mode != "smoke" or getattr(args, "gpu", False)) and not args.allow_cpu
-    if not use_gpu:
-        max_concurrent = args.max_concurrent or os.cpu_count() or 1
+    if not use_gpu:  # smoke: one tiny trial per core; real models on the CPU (--allow-cpu): one at a time
+        max_concurrent = args.max_concurrent or ((os.cpu_count() or 1) if args.mode == "smoke" else 1)
     elif args.address or os.environ.get("RAY_ADDRESS"):
         max_concurrent = args.max_concurrent  # None: run_grid sets the cluster's GPU count once connected
     else:
@@ -155,7 +155,7 @@ def fault_from_env() -> dict[str, Any] | None:
 
 def storage_arg(storage_path: str) -> Path | str:
     """--storage-path: a URI (s3://, gs://, ...) as given, for Tune to reach through pyarrow.fs; a local path made absolute."""
-    return storage_path if "://" in str(storage_path) else Path(storage_path).resolve()
+    return storage_path if is_uri(storage_path) else Path(storage_path).resolve()
 
 
 def worker_env(mode: str) -> dict[str, str]:
@@ -246,10 +246,10 @@ def resume_grid(args) -> int:
     from trainables.grid import read_marker, restore_tuner
     from trainables.report import latest_experiment, print_summary
 
-    if args.resume in (None, "latest") and "://" in str(args.storage_path):
+    if args.resume in (None, "latest") and is_uri(args.storage_path):
         raise UsageError(f"--resume latest needs a local or mounted --storage-path; with {args.storage_path} "
                          "pass the experiment: --resume <storage URI>/<experiment name>")
-    if "://" in str(args.resume):
+    if is_uri(args.resume):
         target = args.resume.rstrip("/")  # an experiment on shared storage (s3://...): marker and restore via pyarrow.fs
     else:
         target = Path(args.resume) if args.resume not in (None, "latest") else latest_experiment(Path(args.storage_path))
@@ -257,8 +257,13 @@ def resume_grid(args) -> int:
         raise UsageError(f"nothing to resume: no experiment of ours under {Path(args.storage_path).resolve()}")
     marker = read_marker(target)
     if marker is None:
-        raise UsageError(f"{target} is not an experiment started by tune_main7.py (no {target}/tune_main7.json); "
+        raise UsageError(f"{target} is not an experiment started by tune_main7.py (no {target}/{MARKER}); "
                          "pass the folder printed when the run started")
+    from ray import tune
+
+    if not tune.Tuner.can_restore(storage_location(target)):
+        raise UsageError(f"{target} has no Tune state to resume (the run stopped before its first trial was "
+                         "scheduled); start a new run instead")
     print(f"Resuming {target}", flush=True)
     start_ray(args, marker["mode"], marker["use_gpu"])
     restore_tuner(target).fit()
@@ -266,6 +271,19 @@ def resume_grid(args) -> int:
         print(f"Results are in {target}", flush=True)
         return 0
     return print_summary(target, marker.get("metric", "competition_score"))
+
+
+def not_an_experiment(target: Path | None, asked: object) -> str | None:
+    """Why `target` can't be read as one of our experiments, or None when it can."""
+    from trainables.grid import read_marker
+
+    if target is None or not Path(target).is_dir():
+        return f"no experiment found at {asked}; run one first, or pass the folder printed when it started"
+    if read_marker(target) is None:
+        return f"{target} is not an experiment started by tune_main7.py (no {target}/{MARKER})"
+    if not any(Path(target).glob("experiment_state*.json")):
+        return f"{target} has no Tune state yet (the run stopped before its first trial was scheduled); start a new run"
+    return None
 
 
 def check_only(args) -> int:

@@ -40,7 +40,12 @@ def read_meta(checkpoint: Path) -> dict[str, Any]:
     meta = Path(checkpoint) / TRIAL_META
     if not meta.is_file():
         raise PredictError(f"{checkpoint}: no {TRIAL_META}; pass a checkpoint_00000N folder of a trial of this project")
-    return json.loads(meta.read_text(encoding="utf-8"))
+    try:
+        data = json.loads(meta.read_text(encoding="utf-8"))
+        data["experiment"], data["model_path"]  # noqa: B018  (both are needed to rebuild the model)
+    except (ValueError, KeyError, TypeError) as err:
+        raise PredictError(f"{meta}: unreadable ({type(err).__name__}: {err}); pass another checkpoint folder") from None
+    return data
 
 
 def load_for_inference(checkpoint: Path, meta: dict[str, Any]):

@@ -11,10 +11,10 @@ import math
 from pathlib import Path
 from typing import Any
 
+from trainables.config import mode_of
 from trainables.grid import MARKER
 
 SCORE_COLUMNS = ("competition_score", "rouge1", "rouge2", "rougeL")
-LOSS_COLUMNS = ("train_loss", "eval_loss")
 EFFECTIVE_COLUMNS = ("eff_device", "eff_precision", "eff_load_in_4bit", "eff_lora", "eff_unsloth",
                      "eff_train_batch_size", "eff_gradient_accumulation_steps", "eff_model_source")
 TABLE_COLUMNS = ["name", "model", "status", "evaluations", "best_epoch", *SCORE_COLUMNS, "eval_loss",
@@ -29,10 +29,6 @@ def latest_experiment(storage_path: Path) -> Path | None:
         return None
     ours = [p for p in storage_path.iterdir() if p.is_dir() and (p / MARKER).exists()]
     return max(ours, key=lambda p: (p / MARKER).stat().st_mtime) if ours else None
-
-
-def mode_of(metric: str) -> str:
-    return "min" if metric == "eval_loss" else "max"
 
 
 def load_analysis(experiment_dir: Path, metric: str = "competition_score"):

@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from trainables.config import mode_of
 from trainables.models import EffectiveSettings, Environment, count_parameters, decide_settings, load_model, load_tokenizer
 
 log = logging.getLogger("trainables.seq2seq")
@@ -53,7 +54,7 @@ def _peak_memory() -> dict[str, float]:
     return {"peak_gpu_mem_gb": round(gpu, 3), "peak_host_mem_gb": round(host, 3)}
 
 
-def _make_callbacks(exp, run, settings: EffectiveSettings, report: Report, tokenizer, started: float):
+def _make_callbacks(exp, run, settings: EffectiveSettings, report: Report, started: float):
     import torch
     from transformers import EarlyStoppingCallback, TrainerCallback
 
@@ -193,7 +194,7 @@ def _training_args(exp, run, settings: EffectiveSettings, output_dir: str):
         logging_steps=t["logging_steps"],
         logging_nan_inf_filter=False,  # the default swaps a NaN/inf step loss for the mean, hiding it from StopOnNaN
         metric_for_best_model=m["best_metric"],
-        greater_is_better=m["best_metric"] != "eval_loss",
+        greater_is_better=mode_of(m["best_metric"]) == "max",
         predict_with_generate=True,
         generation_max_length=g["max_length"],
         generation_num_beams=g["num_beams"],
@@ -204,7 +205,7 @@ def _training_args(exp, run, settings: EffectiveSettings, output_dir: str):
         run_name=exp["name"],
         use_cpu=settings.device == "cpu",
         dataloader_num_workers=0,
-        disable_tqdm=not run.get("progress_bars", False),
+        disable_tqdm=True,  # Tune's trial table shows progress; per-step bars from parallel trials interleave
         log_level="error",  # the Trainer resets transformers' verbosity to this: its advisory warnings are noise here
     )
 
@@ -221,6 +222,7 @@ def run_trial(config: dict[str, Any], report: Report, resume_from: str | None = 
     run = {**config["run"], **config["run"]["models"][exp["model"]["checkpoint"]]}  # adds model_path, model_source
     if run.get("torch_threads"):
         torch.set_num_threads(run["torch_threads"])
+    # run["environment"] is a testing hook: a fake machine (GPU, bf16, Unsloth) for the settings decisions
     settings = decide_settings(exp, run.get("environment") and Environment(**run["environment"]) or Environment.probe(),
                                run["model_source"])
     for note in settings.notes:
@@ -257,7 +259,7 @@ def run_trial(config: dict[str, Any], report: Report, resume_from: str | None = 
                 processing_class=tokenizer,
                 data_collator=DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=-100),
                 compute_metrics=compute_metrics,
-                callbacks=_make_callbacks(exp, run, settings, report, tokenizer, started),
+                callbacks=_make_callbacks(exp, run, settings, report, started),
             )
             trainer.remove_callback(PrinterCallback)  # Tune's table and our reports show progress
             try:

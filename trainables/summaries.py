@@ -233,8 +233,9 @@ def run_callbacks(experiment_dir: str | Path, metric: str, run: dict[str, Any]) 
     experiment_dir = str(experiment_dir)
     if experiment_dir.startswith("file://"):
         local_dir = experiment_dir[len("file://"):]
-    elif "://" in experiment_dir:  # cloud storage: the summary stays on this machine
-        local_dir = str(Path("logs") / experiment_dir.rstrip("/").rsplit("/", 1)[-1])
+    elif "://" in experiment_dir:  # cloud storage: the summary stays on this machine, and says where
+        local_dir = str((Path("logs") / experiment_dir.rstrip("/").rsplit("/", 1)[-1]).resolve())
+        print(f"Storage is {experiment_dir}: the live summary and W&B files go to {local_dir} on this machine", flush=True)
     else:
         local_dir = experiment_dir
     callbacks: list = [ExperimentSummaryCallback(Path(local_dir).resolve(), metric)]
