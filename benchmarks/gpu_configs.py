@@ -134,25 +134,6 @@ def write_data(data_dir: Path, tokenizer, prefix: str, enc_len: int, dec_len: in
 # One config, in this process
 
 
-def _unwarmed_tiny(arch: str, texts: list[str], cache_dir: Path) -> Path:
-    """A tiny stand-in made as `build_standin` makes it (tokenizer, config), without its warm start."""
-    import torch
-    from transformers import AutoModelForSeq2SeqLM
-
-    from trainables.models import STANDIN_FORMAT, TINY_VOCAB, _standin_config, _train_tokenizer
-
-    target = cache_dir / "standins" / f"{arch}-tiny-unwarmed-v{STANDIN_FORMAT}"
-    if not (target / "config.json").exists():
-        tokenizer = _train_tokenizer(arch, texts, TINY_VOCAB)
-        torch.manual_seed(0)
-        model = AutoModelForSeq2SeqLM.from_config(_standin_config(arch, "tiny", tokenizer))
-        tmp = target.with_name(target.name + f".tmp{os.getpid()}")
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        tmp.rename(target)
-    return target
-
-
 def bench_config(cfg, args) -> dict[str, Any]:
     import torch
 
@@ -174,10 +155,8 @@ def bench_config(cfg, args) -> dict[str, Any]:
     arch, checkpoint = exp["model"]["architecture"], exp["model"]["checkpoint"]
     cuda = torch.cuda.is_available()
     t0 = time.time()
-    if args.tiny:  # build_standin warm-starts tiny models (minutes on a busy CPU); a benchmark needs no warm start
-        model_path = _unwarmed_tiny(arch, tokenizer_corpus(), Path(args.cache_dir))
-    else:
-        model_path = build_standin(arch, tokenizer_corpus(), Path(args.cache_dir), size="real")
+    # a benchmark needs no warm start (minutes for tiny models on a busy CPU; real sizes never get one)
+    model_path = build_standin(arch, tokenizer_corpus(), Path(args.cache_dir), size=size, warm_start=False)
     build_s = time.time() - t0
     say(f"  [{exp['name']}] stand-in {arch}-{size} ready in {build_s:.1f}s: {model_path}")
 

@@ -57,26 +57,15 @@ def standins(standin_cache) -> dict:
     """Tiny stand-ins of each family as `build_standin` makes them (its tokenizer and config recipe), minus the
     few-second warm start (300 steps, minutes on a loaded 2-core machine), which these tests don't need:
     random weights exercise every path checked here."""
-    from transformers import AutoModelForSeq2SeqLM
-
     from trainables.data import training_texts
-    from trainables.models import TINY_VOCAB, _standin_config, _train_tokenizer
+    from trainables.models import build_standin
 
     texts = training_texts(ROOT / "data")
     cache = {}
 
     def get(arch: str) -> str:
         if arch not in cache:
-            target = standin_cache / "unwarmed" / arch
-            if not (target / "config.json").exists():
-                import torch
-
-                tokenizer = _train_tokenizer(arch, texts, TINY_VOCAB)
-                torch.manual_seed(0)
-                model = AutoModelForSeq2SeqLM.from_config(_standin_config(arch, "tiny", tokenizer))
-                model.save_pretrained(target)
-                tokenizer.save_pretrained(target)
-            cache[arch] = str(target)
+            cache[arch] = str(build_standin(arch, texts, standin_cache, warm_start=False))
         return cache[arch]
 
     return get

@@ -95,7 +95,7 @@ DEFAULT_TOKENIZATION = "whitespace"
 _ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
 
 # Speaker tags and PII masks: "#Person1#", "#PhoneNumber#", ...
-_TAG_RE = re.compile(r"#\w+#")
+TAG = re.compile(r"#\w+#")  # speaker tags and PII masks: #Person1#, #PhoneNumber#, ...
 
 # Morpheme analyses kept per KoreanRouge instance before the cache is reset.
 _CACHE_LIMIT = 200_000
@@ -148,7 +148,7 @@ class _MorphemeTokenizer:
 
     @staticmethod
     def _tag_spans(text: str) -> list[tuple[int, int]]:
-        return [m.span() for m in _TAG_RE.finditer(text)]
+        return [m.span() for m in TAG.finditer(text)]
 
     def _analyse(self, texts: list[str]) -> list[list[str]]:
         results = self._kiwi.tokenize(texts, pretokenized=self._tag_spans)

@@ -17,10 +17,11 @@ import hashlib
 import json
 import logging
 import os
-import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
+
+from trainables.metrics import TAG
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,6 @@ TINY_DIMS = {
 TINY_VOCAB = 2000
 STANDIN_FORMAT = 3  # bump when the stand-in recipe changes, so cached ones are rebuilt
 T5_FAMILY = ("t5", "mt5")
-_TAG = re.compile(r"#\w+#")
 # Unsloth's fast paths are for decoder-only models; for encoder-decoder ones it falls back to plain
 # transformers (or fails, FIELD-NOTES.md), so no family here is routed through it.
 UNSLOTH_FAMILIES: frozenset[str] = frozenset()
@@ -199,7 +199,7 @@ def _train_tokenizer(arch: str, texts: Iterable[str], vocab_size: int):
     tok.decoder = decoders.Metaspace(prepend_scheme="first")
     # Leave the speaker tags and masks out of the learned vocabulary: like a real checkpoint's tokenizer,
     # the stand-in must meet them as new tokens, so the added-token path is exercised.
-    tok.train_from_iterator((_TAG.sub(" ", t) for t in texts), trainer=trainer)
+    tok.train_from_iterator((TAG.sub(" ", t) for t in texts), trainer=trainer)
     eos = ("</s>", tok.token_to_id("</s>"))
     if arch in T5_FAMILY:
         tok.post_processor = processors.TemplateProcessing(single="$A </s>", pair="$A </s> $B </s>", special_tokens=[eos])
@@ -259,14 +259,17 @@ def _warm_start(model, tokenizer, texts: list[str], seed: int, steps: int = 300,
     model.eval()
 
 
-def build_standin(arch: str, texts: list[str], cache_dir: Path, size: str = "tiny", seed: int = 0) -> Path:
+def build_standin(arch: str, texts: list[str], cache_dir: Path, size: str = "tiny", seed: int = 0,
+                  warm_start: bool = True) -> Path:
     """Build (once) and return a folder holding a random-weight model of `arch` and a local tokenizer.
 
-    The folder's name includes a hash of the training texts, so new data gives a new tokenizer."""
+    The folder's name includes a hash of the training texts, so new data gives a new tokenizer. Tiny stand-ins
+    are warm-started unless `warm_start=False` (tests and benchmarks that only need the code paths)."""
     from transformers import AutoModelForSeq2SeqLM
 
-    digest = hashlib.sha256(json.dumps([STANDIN_FORMAT, arch, size, seed, texts]).encode()).hexdigest()[:12]
-    target = Path(cache_dir) / "standins" / f"{arch}-{size}-{digest}"
+    warm = size == "tiny" and warm_start
+    digest = hashlib.sha256(json.dumps([STANDIN_FORMAT, arch, size, seed, warm, texts]).encode()).hexdigest()[:12]
+    target = Path(cache_dir) / "standins" / f"{arch}-{size}{'' if warm or size != 'tiny' else '-cold'}-{digest}"
     if (target / "config.json").exists():
         return target
     import torch
@@ -274,7 +277,7 @@ def build_standin(arch: str, texts: list[str], cache_dir: Path, size: str = "tin
     tokenizer = _train_tokenizer(arch, texts, TINY_VOCAB)
     torch.manual_seed(seed)
     model = AutoModelForSeq2SeqLM.from_config(_standin_config(arch, size, tokenizer))
-    if size == "tiny":
+    if warm:
         _warm_start(model, tokenizer, texts, seed=seed)
     tmp = target.with_name(target.name + f".tmp{os.getpid()}")
     model.save_pretrained(tmp)
