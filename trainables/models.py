@@ -314,6 +314,22 @@ def _torch_dtype(name: str):
     )
 
 
+def grow_vocabulary(model, tokenizer, seed: int) -> int:
+    """Give the model rows for the tokenizer's added tokens; return the old vocabulary size.
+
+    The new rows are drawn at random (around the old rows' mean). Seeding the draw makes training and
+    `predict` create the same rows, so a rebuilt model matches the one that was evaluated even where no
+    adapter stores those rows (an output head tied to the embeddings)."""
+    import torch
+
+    old_vocab = model.get_input_embeddings().num_embeddings
+    if len(tokenizer) > old_vocab:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model.resize_token_embeddings(len(tokenizer))
+    return old_vocab
+
+
 def quantized_loading(qlora: dict[str, Any], precision: str, device: str) -> dict[str, Any]:
     """`from_pretrained` arguments for a 4-bit base: NF4/FP4, double quantization, and a compute dtype the
     run can use (the config's bf16 only where the run is in bf16; fp32 on the CPU)."""
@@ -365,9 +381,7 @@ def load_model(exp: dict[str, Any], model_path: str, tokenizer, settings: Effect
     if settings.load_in_4bit:
         kwargs = quantized_loading(q, settings.precision, settings.device)
     model = AutoModelForSeq2SeqLM.from_pretrained(model_path, dtype=torch.float32, **kwargs)
-    old_vocab = model.get_input_embeddings().num_embeddings
-    if len(tokenizer) > old_vocab:
-        model.resize_token_embeddings(len(tokenizer))
+    old_vocab = grow_vocabulary(model, tokenizer, exp["training"]["seed"])
     new_token_ids = [i for i in tokenizer.convert_tokens_to_ids(exp["tokenizer"]["special_tokens"]) if i >= old_vocab]
 
     if settings.load_in_4bit:

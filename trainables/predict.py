@@ -53,7 +53,7 @@ def load_for_inference(checkpoint: Path, meta: dict[str, Any]):
     import torch
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
-    from trainables.models import quantized_loading
+    from trainables.models import grow_vocabulary, quantized_loading
 
     checkpoint = Path(checkpoint)
     exp, settings = meta["experiment"], meta.get("settings", {})
@@ -69,8 +69,7 @@ def load_for_inference(checkpoint: Path, meta: dict[str, Any]):
     from peft import PeftModel
 
     model = AutoModelForSeq2SeqLM.from_pretrained(meta["model_path"], dtype=torch.float32, **kwargs)
-    if len(tokenizer) > model.get_input_embeddings().num_embeddings:
-        model.resize_token_embeddings(len(tokenizer))  # as in training, before the adapter
+    grow_vocabulary(model, tokenizer, exp["training"]["seed"])  # the same rows as in training, before the adapter
     if "device_map" not in kwargs:
         model = model.to(device)
     model = PeftModel.from_pretrained(model, str(checkpoint))
