@@ -8,6 +8,7 @@
   python tune_main7.py check [--mode M]      # validate configs and data, start nothing
   python tune_main7.py report [DIR]          # result table and plots of an experiment (latest by default)
   python tune_main7.py predict [DIR]         # submission.csv from the best checkpoint (or --checkpoint PATH)
+  python tune_main7.py plan [--mode full] [--card h100|--gpu-memory GB]   # memory and time per trial, no GPU
 
 Heavy libraries (torch, ray, transformers) are imported only once a command needs them.
 """
@@ -20,7 +21,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-COMMANDS = ("run", "check", "report", "predict")
+COMMANDS = ("run", "check", "report", "predict", "plan")
 
 
 def _positive_int(text: str) -> int:
@@ -71,6 +72,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--wandb", action="store_true",
                         help="log each trial to Weights & Biases (offline unless WANDB_API_KEY is set; TUNE_MAIN7_WANDB=1 works too)")
     parser.add_argument("--wandb-project", help="W&B project (default: $WANDB_PROJECT or dialogue-summarization-tune)")
+    parser.add_argument("--card", choices=("rtx3090", "a100-40", "a100-80", "h100", "h200"),
+                        help="plan: the card to plan for (default: this machine's GPU, else h100)")
+    parser.add_argument("--gpu-memory", type=float, metavar="GB", help="plan: a card with this much memory")
+    parser.add_argument("--gpus", type=_positive_int, metavar="N", help="plan: GPUs to plan for (default: this machine's, else 1)")
+    parser.add_argument("--calibrate", action="store_true",
+                        help="plan: measure this machine's GPU on the configs (a few real-size steps each) and write "
+                             "trainables/calibration/<card>.json")
+    parser.add_argument("--no-pack", action="store_true",
+                        help="one trial per GPU even where the plan says several fit one card")
     parser.add_argument("--checkpoint", help="predict: this checkpoint folder instead of the best trial's best")
     parser.add_argument("--out", help="predict: the submission CSV (default: <experiment>/submission.csv)")
     return parser.parse_args(argv)
@@ -88,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "check":
             return launch.check_only(args)
+        if args.command == "plan":
+            return launch.plan_command(args)
         if args.command == "report":
             from trainables.report import latest_experiment, print_summary
 

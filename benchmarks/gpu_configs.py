@@ -271,6 +271,8 @@ def bench_config(cfg, args) -> dict[str, Any]:
         },
         "data": data,
         "eval": {k: v for k, v in (timing.get("eval_metrics") or {}).items() if k in ("eval_loss", "eval_gen_len")},
+        "train_losses": [r.get("train_loss") for r in reports],
+        "memory_cap_gib": args.memory_cap_gib,
         **eff,
     }
 
@@ -298,6 +300,61 @@ def _table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _config_command(args, name: str, cap_gib: float | None) -> list[str]:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--one", name, "--steps", str(args.steps),
+           "--cache-dir", str(args.cache_dir), "--search-space", str(args.search_space)]
+    cmd += ["--tiny"] * args.tiny + ["--cpu-ok"] * args.cpu_ok
+    if cap_gib:
+        cmd += ["--memory-cap-gib", str(cap_gib)]
+    if args.threads:
+        cmd += ["--threads", str(args.threads)]
+    return cmd
+
+
+def _run_config(args, name: str, cap_gib: float | None, quiet: bool = False) -> dict[str, Any]:
+    """One config in a fresh process; its result row, with the process's wall-clock (start-up included)."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+           "PYTHONWARNINGS": "ignore::FutureWarning,ignore::UserWarning"}
+    began = time.time()
+    proc = subprocess.Popen(_config_command(args, name, cap_gib), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env=env, cwd=ROOT)
+    row = None
+    tail: list[str] = []
+    for line in iter(proc.stdout.readline, ""):
+        if line.startswith(RESULT_PREFIX):
+            row = json.loads(line[len(RESULT_PREFIX):])
+        else:
+            tail = (tail + [line.rstrip()])[-15:]
+            if (line.startswith("  [") and not quiet) or args.verbose:
+                say(line.rstrip())
+    rc = proc.wait()
+    if row is None:
+        row = {"name": name, "ok": False, "error": f"process exited {rc} without a result: " + " / ".join(tail[-5:])}
+        say("\n".join(tail))
+    row["process_wall_s"] = round(time.time() - began, 1)
+    row["process_started_s"] = began
+    return row
+
+
+def packed_caps(args, names: list[str]) -> dict[str, float | None]:
+    """Each config's memory cap when packed, from the plan (trainables/plan.py) for this card."""
+    import torch
+
+    from trainables import plan
+    from trainables.config import apply_mode, load_search_space
+
+    if not torch.cuda.is_available():  # --tiny on a CPU: nothing to cap
+        return {n: None for n in names}
+    card_key, _ = plan.local_card()
+    total_gib = torch.cuda.get_device_properties(0).total_memory / 2**30
+    card, calib, _ = plan.resolve_card(card_key)
+    card = plan.Card(card.key, card.name, total_gib, card.bf16_tflops, card.bandwidth_tbs)
+    trials = [plan.plan_trial(apply_mode(c, "full")[0], 100, 10, calib, card)
+              for c in load_search_space(Path(args.search_space), names)]
+    plan.pack(trials, total_gib)
+    return {t.name: t.memory_cap_gib for t in trials}
+
+
 def run_all(args, names: list[str]) -> int:
     out = Path(args.out or ROOT / "benchmarks" / f"results-{_dt.date.today().isoformat()}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -305,32 +362,33 @@ def run_all(args, names: list[str]) -> int:
     started = time.time()
     say(f"benchmarking {len(names)} config(s), {args.steps} optimizer steps + one generation batch each "
         f"({'tiny' if args.tiny else 'real-size'} random-weight stand-ins); generation.min_length is set to "
-        f"max_length to force worst-case generation length")
+        f"max_length to force worst-case generation length" + ("; all at once, each capped at its planned share"
+                                                                 if args.parallel else ""))
+    if args.parallel:  # packed: every config's process at once, each capping its own allocator (the plan's caps)
+        import threading
+
+        caps = packed_caps(args, names)
+        say("caps (GiB): " + ", ".join(f"{n} {c}" for n, c in caps.items()))
+        results: dict[str, dict[str, Any]] = {}
+        threads = [threading.Thread(target=lambda n=n: results.__setitem__(n, _run_config(args, n, caps[n], quiet=True)))
+                   for n in names]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        rows = [{**results[n], "packed": True, "memory_cap_gib": caps[n]} for n in names]
+        wall = time.time() - started
+        out.write_text(json.dumps({"packed_wall_s": round(wall, 1), "rows": rows}, ensure_ascii=False, indent=1))
+        say(f"\npacked: {len(names)} configs at once took {wall:.1f}s wall-clock")
+        for r in rows:
+            say(f"  [{r['name']}] {'ok' if r.get('ok') else 'FAILED'} in {r['process_wall_s']}s: peak "
+                f"{r.get('peak_gpu_gib')} GiB (cap {r['memory_cap_gib']}), eval_loss {r.get('eval', {}).get('eval_loss')}, "
+                f"batch {r.get('eff_train_batch_size')} x {r.get('eff_gradient_accumulation_steps')}"
+                + (f"; error: {r['error']}" if r.get("error") else ""))
+        return 0 if all(r.get("ok") for r in rows) else 1
     for i, name in enumerate(names, 1):
         say(f"[{i}/{len(names)}] {name} (elapsed {time.time() - started:.0f}s)")
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--one", name, "--steps", str(args.steps),
-               "--cache-dir", str(args.cache_dir), "--search-space", str(args.search_space)]
-        cmd += ["--tiny"] * args.tiny + ["--cpu-ok"] * args.cpu_ok
-        if args.memory_cap_gib:
-            cmd += ["--memory-cap-gib", str(args.memory_cap_gib)]
-        if args.threads:
-            cmd += ["--threads", str(args.threads)]
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-               "PYTHONWARNINGS": "ignore::FutureWarning,ignore::UserWarning"}
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT)
-        row = None
-        tail: list[str] = []
-        for line in iter(proc.stdout.readline, ""):
-            if line.startswith(RESULT_PREFIX):
-                row = json.loads(line[len(RESULT_PREFIX):])
-            else:
-                tail = (tail + [line.rstrip()])[-15:]
-                if line.startswith("  [") or args.verbose:
-                    say(line.rstrip())
-        rc = proc.wait()
-        if row is None:
-            row = {"name": name, "ok": False, "error": f"process exited {rc} without a result: " + " / ".join(tail[-5:])}
-            say("\n".join(tail))
+        row = _run_config(args, name, args.memory_cap_gib)
         rows.append(row)
         out.write_text(json.dumps(rows, ensure_ascii=False, indent=1))
         say(f"  [{name}] {'ok' if row.get('ok') else 'FAILED'}: peak {row.get('peak_gpu_gib')} GiB, "
@@ -358,6 +416,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--verbose", action="store_true", help="show each config process's whole output")
     p.add_argument("--memory-cap-gib", type=float, default=None,
                    help="cap this process's GPU memory (e.g. 22 to act like a 24 GB RTX 3090): OOM back-off then shows")
+    p.add_argument("--parallel", action="store_true",
+                   help="packed: run the configs' processes all at once, each capped at its planned share of the card "
+                        "(trainables/plan.py); writes {packed_wall_s, rows}")
     p.add_argument("--one", metavar="NAME", help=argparse.SUPPRESS)  # internal: one config, in this process
     args = p.parse_args(argv)
     if args.steps < 1:

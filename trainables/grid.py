@@ -59,6 +59,15 @@ def trial_resources(use_gpu: bool) -> dict[str, float]:
     return {"cpu": 1, "gpu": 1} if use_gpu else {"cpu": 1}
 
 
+def _planned_resources(config):
+    """Per trial: the GPU fraction the plan gave it (run.placement), else one GPU (trainables/plan.py)."""
+    from ray.tune.execution.placement_groups import resource_dict_to_pg_factory
+
+    from trainables.plan import trial_resources as planned
+
+    return resource_dict_to_pg_factory(planned(config))
+
+
 def _trial_dirname(trial) -> str:
     return f"{trial.config['experiment']['name']}_{trial.trial_id}"
 
@@ -69,7 +78,8 @@ def _trainable(use_gpu: bool, trainable=None):
     if trainable is None:
         from trainables.seq2seq import train_summarizer as trainable
 
-    return tune.with_resources(trainable, trial_resources(use_gpu))
+    # GPU trials: a function of each trial's config, so packed trials ask for their planned fraction of a GPU
+    return tune.with_resources(trainable, _planned_resources if use_gpu else trial_resources(use_gpu))
 
 
 def build_tuner(plan: GridPlan, trainable=None):

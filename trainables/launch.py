@@ -99,6 +99,7 @@ def plan_run(args) -> GridPlan:
     for w in warnings:
         log.warning(w)
     use_gpu = (args.mode != "smoke" or getattr(args, "gpu", False)) and not args.allow_cpu
+    gpus = 0
     if not use_gpu:  # smoke: one tiny trial per core; real models on the CPU (--allow-cpu): one at a time
         max_concurrent = args.max_concurrent or ((os.cpu_count() or 1) if args.mode == "smoke" else 1)
     elif args.address or os.environ.get("RAY_ADDRESS"):
@@ -125,6 +126,8 @@ def plan_run(args) -> GridPlan:
     }
     if fault:
         run["fault"] = fault
+    if args.mode != "smoke":
+        experiments, max_concurrent = preflight(args, experiments, run, use_gpu, gpus, max_concurrent)
     check_no_secrets(run, "the trials' `run` config")
     return GridPlan(
         experiments=experiments, run=run, storage_path=storage_arg(args.storage_path),
@@ -132,6 +135,28 @@ def plan_run(args) -> GridPlan:
         metric=args.metric, max_failures=args.max_failures,
         keep_checkpoints=getattr(args, "keep_checkpoints", None) or 1,
     )
+
+
+def preflight(args, experiments: list[dict[str, Any]], run: dict[str, Any], use_gpu: bool, gpus: int,
+              max_concurrent: int | None) -> tuple[list[dict[str, Any]], int | None]:
+    """quick/full: print the plan's summary line; on local GPUs, longest trials first, and packed where several
+    fit one card (run.placement gives each trial its GPU fraction and memory cap; --no-pack turns it off)."""
+    from trainables import plan
+
+    card_key, memory = plan.local_card() if gpus else (None, None)
+    card, calib, scaled = plan.resolve_card(card_key, memory if card_key is None and memory else None)
+    fc = plan.forecast(experiments, Path(run["data_dir"]), card, calib, scaled, gpus=max(gpus, 1),
+                       pack_trials=bool(gpus) and not getattr(args, "no_pack", False),
+                       model_paths={k: v["model_path"] for k, v in run["models"].items()})
+    print(plan.summary_line(fc), flush=True)
+    if not use_gpu or not gpus:
+        return experiments, max_concurrent  # a cluster (--address) or the CPU: one GPU per trial, as configured
+    order = [t.name for t in fc.trials]  # longest first: the grid's makespan is shortest
+    experiments = sorted(experiments, key=lambda e: order.index(e["name"]))
+    run["placement"] = plan.placements(fc, fc.packed)
+    if fc.packed and not args.max_concurrent:
+        max_concurrent = len(experiments)  # Ray's GPU fractions decide how many run at once
+    return experiments, max_concurrent
 
 
 FAULT_ENV = "TUNE_MAIN7_FAULT"  # testing hook, not for users: JSON for run["fault"] (see seq2seq.InjectFault)
@@ -231,7 +256,8 @@ def run_grid(args) -> int:
     experiment_dir = experiment_location(plan)
     write_marker(experiment_dir, plan)
     print(f"Experiment {plan.name}: {len(plan.experiments)} trials, mode {plan.run['mode']}, "
-          f"{'1 GPU' if plan.use_gpu else '1 CPU'} per trial, up to {plan.max_concurrent} at once\n"
+          f"{('GPU shares from the plan' if plan.run.get('placement') and any(p['gpu'] < 1 for p in plan.run['placement'].values()) else '1 GPU') if plan.use_gpu else '1 CPU'} per trial, "
+          f"up to {plan.max_concurrent} at once\n"
           f"Results: {experiment_dir}", flush=True)
     tuner = build_tuner(plan)
     tuner.fit()
@@ -294,6 +320,29 @@ def check_only(args) -> int:
             print(f"      {args.mode} mode changes: {'; '.join(mode_changes[exp['name']])}")
     for w in warnings:
         print(f"warning: {w}")
+    return 0
+
+
+def plan_command(args) -> int:
+    """`plan`: the table of predicted memory and time per config, or `plan --calibrate` on a GPU."""
+    from trainables import plan
+
+    if getattr(args, "calibrate", False):
+        return plan.calibrate(args)
+    if args.mode == "smoke":
+        args.mode = "full"  # smoke trials are tiny CPU stand-ins: the plan is for the real models
+    experiments, warnings, _ = check_inputs(args)
+    gpus = getattr(args, "gpus", None)
+    card_key, memory = (None, None)
+    if not args.card and args.gpu_memory is None:
+        card_key, memory = plan.local_card_cheap()
+    card, calib, scaled = plan.resolve_card(args.card or card_key,
+                                            args.gpu_memory if args.gpu_memory is not None else
+                                            (memory if card_key is None and memory else None))
+    fc = plan.forecast(experiments, Path(args.data_dir), card, calib, scaled, gpus=gpus or 1,
+                       pack_trials=not args.no_pack)
+    print(f"mode {args.mode}")
+    print(plan.format_forecast(fc))
     return 0
 
 

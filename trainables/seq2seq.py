@@ -227,6 +227,10 @@ def run_trial(config: dict[str, Any], report: Report, resume_from: str | None = 
                                run["model_source"])
     for note in settings.notes:
         log.warning("%s: %s", exp["name"], note)
+    from trainables.plan import apply_memory_cap
+
+    placement = apply_memory_cap(run, exp["name"])  # a packed trial caps its allocator at its planned share
+    report = _with_placement(report, placement)
 
     tok_cfg = exp["tokenizer"]
     tokenizer = load_tokenizer(run["model_path"], tok_cfg["special_tokens"])
@@ -277,9 +281,14 @@ def run_trial(config: dict[str, Any], report: Report, resume_from: str | None = 
                     torch.cuda.empty_cache()
                 saved = sorted(Path(output_dir).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
                 resume_from = str(saved[-1]) if saved else resume_from
-        return {"train_runtime": result.metrics.get("train_runtime"), **settings.as_metrics()}
+        return {"train_runtime": result.metrics.get("train_runtime"), **settings.as_metrics(), **placement}
     finally:
         shutil.rmtree(output_dir, ignore_errors=True)
+
+
+def _with_placement(report: Report, placement: dict[str, Any]) -> Report:
+    """Every report also records where the trial ran: its GPU fraction and memory cap (eff_*)."""
+    return lambda metrics, checkpoint_dir: report({**metrics, **placement}, checkpoint_dir)
 
 
 def train_summarizer(config: dict[str, Any]) -> None:

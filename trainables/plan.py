@@ -1,0 +1,751 @@
+"""The pre-flight plan: each trial's GPU memory and time before it starts, and which trials share a GPU.
+
+Nothing here allocates a model or needs a GPU. A model's size comes from its config (the checkpoint's
+config.json when it is on disk or in the Hugging Face cache, else the known dimensions in
+`models.REAL_DIMS`); from the size and the experiment's settings (batch, lengths, beams, LoRA targets,
+4-bit, gradient checkpointing) the plan computes *workload features*: bytes that are fixed (weights, LoRA
+parameters with their gradients and Adam state), activation bytes of one training micro-batch, bytes of one
+generation batch (KV caches, beams' logits), and the work of a step (module calls, FLOPs, generated tokens).
+A per-card calibration table (`trainables/calibration/<card>.json`, fitted from real-size runs on that card
+by `plan --calibrate` or from `benchmarks/gpu_configs.py` results) turns features into GiB and seconds:
+each prediction is a sum of features times a few fitted coefficients, so the same seven numbers per card
+serve every config. Cards without their own table borrow the H100's, with the time terms scaled by the
+datasheet ratios (FLOP-bound terms by dense bf16 throughput, bandwidth-bound terms by memory bandwidth;
+per-call overheads unchanged), which the plan prints.
+
+Packing: where several trials fit one GPU with headroom, each asks Ray for a fraction of a GPU
+(`gpu_fraction`) and caps its own allocator at its share (`apply_memory_cap`, through
+`torch.cuda.set_per_process_memory_fraction`), so one trial can't starve another; past the cap a trial gets
+the ordinary CUDA OOM, and its batch back-off works as on a small card. Longest trials go first.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+from trainables.config import ConfigError
+
+GIB = 2**30
+CALIBRATION_DIR = Path(__file__).resolve().parent / "calibration"
+CONTEXT_GIB = 0.6  # a CUDA context and cuBLAS workspace per process, outside the allocator's cap
+HEADROOM = 1.15  # a packed trial's share is its predicted peak (reserved) plus 15%
+MIN_PACK_FRACTION_STEP = 0.01
+
+
+@dataclass(frozen=True)
+class Card:
+    key: str
+    name: str
+    memory_gib: float  # what torch reports as total memory
+    bf16_tflops: float  # dense, datasheet
+    bandwidth_tbs: float  # datasheet
+
+
+CARDS = {
+    "rtx3090": Card("rtx3090", "NVIDIA GeForce RTX 3090", 23.7, 71.0, 0.936),
+    "a100-40": Card("a100-40", "NVIDIA A100-SXM4-40GB", 39.4, 312.0, 1.555),
+    "a100-80": Card("a100-80", "NVIDIA A100-SXM4-80GB", 79.2, 312.0, 2.039),
+    "h100": Card("h100", "NVIDIA H100 80GB HBM3", 79.2, 989.0, 3.35),
+    "h200": Card("h200", "NVIDIA H200", 139.8, 989.0, 4.8),
+}
+
+
+class PlanError(ConfigError):
+    """A bad --card / --gpu-memory / calibration file, phrased for the user."""
+
+
+# ---------------------------------------------------------------------------------------------------
+# The model's size, from its config
+
+
+@dataclass
+class Dims:
+    arch: str
+    d_model: int
+    d_ff: int
+    enc_layers: int
+    dec_layers: int
+    heads: int
+    inner: int  # heads x d_kv
+    vocab: int
+    gated: bool  # T5 v1.1 / mT5: wi_0 and wi_1
+    tied: bool  # output head shares the embedding
+    positions: int  # learned position embeddings (BART)
+    source: str
+
+
+def _dims_from_config(arch: str, cfg: dict[str, Any], source: str) -> Dims:
+    if arch in ("t5", "mt5"):
+        heads = cfg.get("num_heads", 12)
+        return Dims(arch, cfg["d_model"], cfg["d_ff"], cfg["num_layers"], cfg.get("num_decoder_layers") or cfg["num_layers"],
+                    heads, heads * cfg.get("d_kv", cfg["d_model"] // heads), cfg["vocab_size"],
+                    "gated" in str(cfg.get("feed_forward_proj", "gated-gelu" if arch == "mt5" else "relu")),
+                    bool(cfg.get("tie_word_embeddings", arch == "t5" and "gated" not in str(cfg.get("feed_forward_proj", "")))),
+                    0, source)
+    return Dims(arch, cfg["d_model"], cfg.get("encoder_ffn_dim", 4 * cfg["d_model"]), cfg["encoder_layers"],
+                cfg["decoder_layers"], cfg.get("encoder_attention_heads", 16), cfg["d_model"], cfg["vocab_size"],
+                False, True, cfg.get("max_position_embeddings", 1024) + 2, source)
+
+
+def _config_json(checkpoint: str, model_path: str | None = None) -> tuple[dict[str, Any], str] | None:
+    """The checkpoint's config.json from a folder or the local Hugging Face cache; never the network."""
+    for folder in (model_path, checkpoint):
+        if folder and (Path(folder) / "config.json").is_file():
+            return json.loads((Path(folder) / "config.json").read_text()), f"{folder}/config.json"
+    if "/" in checkpoint and not Path(checkpoint).exists():
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            cached = try_to_load_from_cache(checkpoint, "config.json")
+        except Exception:  # an odd id or cache layout: fall back to the known dimensions
+            cached = None
+        if isinstance(cached, str):
+            return json.loads(Path(cached).read_text()), f"cached {checkpoint}/config.json"
+    return None
+
+
+def model_dims(arch: str, checkpoint: str, model_path: str | None = None) -> Dims:
+    """The model's shape from its config.json when on disk, else the real checkpoint's known dimensions."""
+    from trainables.models import REAL_DIMS
+
+    found = _config_json(checkpoint, model_path)
+    if found:
+        try:
+            return _dims_from_config(arch, found[0], found[1])
+        except KeyError:
+            pass  # not the family's config: use the known dimensions
+    known = dict(REAL_DIMS[arch])
+    if arch in ("t5", "mt5"):
+        known["feed_forward_proj"] = "gated-gelu"
+        known["tie_word_embeddings"] = False
+    return _dims_from_config(arch, known, "known dimensions (trainables/models.py REAL_DIMS)")
+
+
+def linear_modules(d: Dims) -> list[tuple[str, int, int, int, str]]:
+    """(name, in, out, count, "enc"|"dec") of the stacks' linear layers, by the names LoRA targets use."""
+    if d.arch in ("t5", "mt5"):
+        ff = [("wi_0", d.d_model, d.d_ff), ("wi_1", d.d_model, d.d_ff)] if d.gated else [("wi", d.d_model, d.d_ff)]
+        ff.append(("wo", d.d_ff, d.d_model))
+        attn = [("q", d.d_model, d.inner), ("k", d.d_model, d.inner), ("v", d.d_model, d.inner), ("o", d.inner, d.d_model)]
+        enc, dec = attn + ff, attn + attn + ff
+    else:
+        attn = [(n, d.d_model, d.d_model) for n in ("q_proj", "k_proj", "v_proj", "out_proj")]
+        ff = [("fc1", d.d_model, d.d_ff), ("fc2", d.d_ff, d.d_model)]
+        enc, dec = attn + ff, attn + attn + ff
+    return [(n, i, o, d.enc_layers, "enc") for n, i, o in enc] + [(n, i, o, d.dec_layers, "dec") for n, i, o in dec]
+
+
+def parameter_count(d: Dims) -> int:
+    stack = sum(i * o * c for _, i, o, c, _ in linear_modules(d))
+    embeddings = d.vocab * d.d_model * (1 if d.tied else 2) + d.positions * d.d_model * 2
+    return stack + embeddings
+
+
+# ---------------------------------------------------------------------------------------------------
+# Workload features of one experiment
+
+
+@dataclass
+class Features:
+    """What the calibration's coefficients multiply. Bytes are raw counts (see each comment)."""
+
+    static_gib: float  # weights as loaded (4-bit stack or fp32) + LoRA params with grads and Adam state
+    act_gib: float  # saved activations of one training micro-batch (encoder/decoder layers, attention)
+    logit_gib: float  # the training logits: micro-batch x decoder length x vocab, 4 bytes each
+    gen_gib: float  # generation of one eval batch: KV caches, expanded encoder states, beams' logits, 4 bytes
+    module_calls: float  # linear-layer calls per training micro-batch (base + LoRA + 4-bit dequant, x recompute)
+    tflop: float  # FLOPs of one training micro-batch, in 1e12
+    gen_calls: float  # decoder linear-layer calls per generated token x generated tokens, per eval batch
+    gen_vocab: float  # beam hypotheses x vocab x generated tokens per eval batch, in 1e9 (logits processing)
+    gen_ngram: float  # hypotheses x tokens^2 / 2 per eval batch, in 1e6 (no_repeat_ngram bookkeeping)
+    gen_tb: float  # bytes read from GPU memory per eval batch (weights + KV caches per generated token), in 1e12
+    params: int
+    trainable: int
+
+
+def _lora_params(d: Dims, targets: Iterable[str], rank: int) -> tuple[int, int]:
+    """(LoRA parameters, LoRA-wrapped stack modules)."""
+    targets = set(targets)
+    rank = min(rank, d.d_model)
+    params = sum(rank * (i + o) * c for n, i, o, c, _ in linear_modules(d) if n in targets)
+    calls = sum(c for n, _, _, c, _ in linear_modules(d) if n in targets)
+    if "lm_head" in targets:
+        params += rank * (d.d_model + d.vocab)
+    if targets & {"embed_tokens", "shared"}:
+        params += rank * (d.d_model + d.vocab)
+    return params, calls
+
+
+def features(exp: dict[str, Any], d: Dims, load_in_4bit: bool | None = None) -> Features:
+    t, tok, gen, q = exp["training"], exp["tokenizer"], exp["generation"], exp["qlora"]
+    four_bit = (q["use_qlora"] and q["load_in_4bit"]) if load_in_4bit is None else load_in_4bit
+    lora = q["use_qlora"]
+    gc = bool(t["gradient_checkpointing"])
+    b, L, T = t["per_device_train_batch_size"], tok["encoder_max_len"], tok["decoder_max_len"]
+    mods = linear_modules(d)
+    stack = sum(i * o * c for _, i, o, c, _ in mods)
+    params = parameter_count(d)
+    weights = stack * (0.53 if four_bit else 4) + (params - stack) * 4  # 4-bit NF4 + double-quant state; rest fp32
+    if lora:
+        trainable, lora_calls = _lora_params(d, q["target_modules"], q["lora_rank"])
+    else:
+        trainable, lora_calls = params, 0
+    static = weights + trainable * 12  # + gradient and two Adam moments (fp32)
+    n_stack = sum(c for *_, c, _ in mods)
+
+    # Saved activations per token and layer, in bytes (bf16 autocast over fp32 layers, eager/SDPA attention).
+    per_tok_enc = 60 * d.d_model + 18 * d.d_ff
+    per_tok_dec = 90 * d.d_model + 18 * d.d_ff
+    # T5's relative position bias keeps the L x L scores (fp32 softmax, dropout mask); BART runs PyTorch SDPA,
+    # whose fused kernels keep none.
+    att = 10 * d.heads if d.arch in ("t5", "mt5") else 0
+    att_enc, att_dec = att * L * L, att * (T * T + T * L)
+    if gc:  # layer inputs kept; one layer recomputed at a time in the backward pass
+        act = b * (d.enc_layers * L + d.dec_layers * T) * 4 * d.d_model
+        act += b * max(L * per_tok_enc + att_enc, T * per_tok_dec + att_dec)
+    else:
+        act = b * (d.enc_layers * (L * per_tok_enc + att_enc) + d.dec_layers * (T * per_tok_dec + att_dec))
+    logits = b * T * d.vocab * 4
+
+    # One eval batch: generation with beams (KV caches in half precision, encoder states expanded per beam,
+    # per-step logits of every hypothesis in fp32), and the encoder's own forward pass.
+    be, beams, gmax = t["per_device_eval_batch_size"], gen["num_beams"], gen["max_length"]
+    hyps = be * beams
+    kv = d.dec_layers * 2 * hyps * (L + gmax) * d.inner * 2
+    gen_bytes = kv + hyps * L * d.d_model * 4 + 3 * hyps * d.vocab * 4 + be * d.heads * L * L * 4 * 3
+
+    enc_lin = sum(i * o * c for _, i, o, c, where in mods if where == "enc")
+    dec_lin = stack - enc_lin
+    fwd = 2 * (enc_lin * b * L + dec_lin * b * T + d.d_model * d.vocab * b * T)
+    fwd += 4 * b * d.inner * (d.enc_layers * L * L + d.dec_layers * (T * T + T * L))
+    tflop = fwd * (3 + (1 if gc else 0)) / 1e12
+    calls = (n_stack + 1) * (2 + (1 if gc else 0)) + lora_calls * 3 + (n_stack * 2 if four_bit else 0)
+    dec_calls = sum(c for *_, c, where in mods if where == "dec") + 1
+    gen_calls = dec_calls * gmax * (2 if four_bit else 1)
+    return Features(
+        static_gib=static / GIB, act_gib=act / GIB, logit_gib=logits / GIB, gen_gib=gen_bytes / GIB,
+        module_calls=calls, tflop=tflop, gen_calls=gen_calls, gen_vocab=hyps * d.vocab * gmax / 1e9,
+        gen_ngram=(hyps * gmax * gmax / 2 / 1e6) if gen["no_repeat_ngram_size"] else 0.0,
+        gen_tb=gmax * (weights + kv / 2) / 1e12,
+        params=params, trainable=trainable,
+    )
+
+
+# ---------------------------------------------------------------------------------------------------
+# Calibration: per-card coefficients, fitted from real-size runs
+
+# Fixed, not fitted: the FLOP term at an assumed 35% of the card's dense bf16 rate, the bandwidth term at 60% of
+# its datasheet bandwidth. On the H100 both are small next to the per-call overheads, which are fitted.
+FLOP_UTILISATION = 0.35
+BANDWIDTH_UTILISATION = 0.6
+TRAIN_TERMS = ("module_calls",)  # seconds per training micro-batch = s_per_call x module_calls + FLOP term
+GEN_TERMS = ("gen_calls", "gen_vocab", "gen_ngram")  # seconds per eval batch = these x coefficients + bytes term
+
+
+@dataclass
+class Calibration:
+    card: str
+    key: str
+    memory_gib: float
+    measured: str
+    source: str
+    command: str
+    coefficients: dict[str, float]
+    fit: list[dict[str, Any]] = field(default_factory=list)
+    path: str = ""
+
+
+def calibration_path(key: str) -> Path:
+    return CALIBRATION_DIR / f"{key}.json"
+
+
+def load_calibration(key: str) -> Calibration:
+    path = calibration_path(key)
+    try:
+        raw = json.loads(path.read_text())
+        calib = Calibration(**{k: raw[k] for k in ("card", "key", "memory_gib", "measured", "source", "command",
+                                                    "coefficients")}, fit=raw.get("fit", []), path=str(path))
+    except FileNotFoundError:
+        raise PlanError(f"{path}: no calibration for {key}; run `python tune_main7.py plan --calibrate` on that card, "
+                        "or plan with --card h100") from None
+    except (ValueError, KeyError, TypeError) as err:
+        raise PlanError(f"{path}: not a calibration table ({err}); restore it from git or rerun `plan --calibrate`") from None
+    return calib
+
+
+def _nnls(rows: list[list[float]], y: list[float]) -> list[float]:
+    """Least squares on relative errors with non-negative coefficients (a tiny active-set loop)."""
+    import numpy as np
+
+    a, b = np.array(rows, dtype=float), np.array(y, dtype=float)
+    w = 1 / np.maximum(np.abs(b), 1e-9)
+    a, b = a * w[:, None], b * w
+    active = list(range(a.shape[1]))
+    coef = np.zeros(a.shape[1])
+    while active:
+        c, *_ = np.linalg.lstsq(a[:, active], b, rcond=None)
+        if (c >= 0).all():
+            coef[active] = c
+            break
+        active.pop(int(np.argmin(c)))
+    return [float(x) for x in coef]
+
+
+def _card_of(name: str) -> Card:
+    low = name.lower()
+    for key, needle in (("h200", "h200"), ("h100", "h100"), ("a100-80", "a100-sxm4-80"), ("a100-80", "a100 80"),
+                        ("a100-80", "a100-pcie-80"), ("a100-40", "a100"), ("rtx3090", "3090")):
+        if needle in low:
+            return CARDS[key]
+    return Card(low.replace(" ", "-")[:40], name, 0.0, CARDS["h100"].bf16_tflops, CARDS["h100"].bandwidth_tbs)
+
+
+def _fixed_train_s(f: Features, card: Card) -> float:
+    return f.tflop / (card.bf16_tflops * FLOP_UTILISATION)
+
+
+def _fixed_gen_s(f: Features, card: Card) -> float:
+    return f.gen_tb / (card.bandwidth_tbs * BANDWIDTH_UTILISATION)
+
+
+def fit_calibration(rows: list[dict[str, Any]], experiments: dict[str, dict[str, Any]], *, source: str = "",
+                    command: str = "", measured: str = "") -> Calibration:
+    """Coefficients from `benchmarks/gpu_configs.py` result rows (real size, one card), one per config.
+
+    Memory: training peak = fixed + a x activations + l x logits (fitted on configs without gradient
+    checkpointing, whose training peak is measured cleanly); generation peak = fixed + g x generation bytes.
+    Time: steady optimizer step = accumulation x (s_per_call x calls + FLOP term) + s_per_step; one eval batch =
+    eval_fixed_s + coefficients x (calls, vocab, n-gram) + bytes term; the first step's extra and the time
+    to load and tokenize are medians / a fit over params."""
+    import statistics
+
+    rows = [r for r in rows if r.get("ok") and r.get("name") in experiments and not r.get("memory_cap_gib")]
+    if len(rows) < 2:
+        raise PlanError("calibration needs at least two successful real-size benchmark rows (gpu_configs.py)")
+    card = _card_of(rows[0]["card"])
+    feats = {r["name"]: features(experiments[r["name"]], model_dims(experiments[r["name"]]["model"]["architecture"],
+                                                                      experiments[r["name"]]["model"]["checkpoint"],
+                                                                      r.get("model_path")), r.get("eff_load_in_4bit"))
+             for r in rows}
+    plain = [r for r in rows if not experiments[r["name"]]["training"]["gradient_checkpointing"]] or rows
+    a, l = _nnls([[feats[r["name"]].act_gib, feats[r["name"]].logit_gib] for r in plain],
+                 [r["peak_gpu_train_gib"] - feats[r["name"]].static_gib for r in plain])
+    # generation sets the peak where the training peak is well below the total (checkpointed BART)
+    gen_rows = [r for r in rows if r["peak_gpu_gib"] > 1.1 * r["peak_gpu_train_gib"]] or rows
+    (g,) = _nnls([[feats[r["name"]].gen_gib] for r in gen_rows],
+                 [r["peak_gpu_gib"] - feats[r["name"]].static_gib for r in gen_rows])
+    step_s = [r["train_label_tokens"] / r["optimizer_steps"] / r["train_tok_s_after_step1"] for r in rows]
+    accum = [r.get("eff_gradient_accumulation_steps") or experiments[r["name"]]["training"]["gradient_accumulation_steps"]
+             for r in rows]
+    call, per_step = _nnls([[k * feats[r["name"]].module_calls, 1.0] for k, r in zip(accum, rows)],
+                           [s - k * _fixed_train_s(feats[r["name"]], card) for s, k, r in zip(step_s, accum, rows)])
+    gen = _nnls([[*(getattr(feats[r["name"]], t) for t in GEN_TERMS), 1.0] for r in rows],
+                [r["eval_gen_s"] - _fixed_gen_s(feats[r["name"]], card) for r in rows])
+    warm = statistics.median(max(0.0, r["train_s"] - s * r["optimizer_steps"]) for r, s in zip(rows, step_s))
+    load_rows = [[1.0, feats[r["name"]].params / 1e9] for r in rows]
+    load = _nnls(load_rows, [max(0.1, r["run_trial_s"] - r["train_s"] - r["eval_gen_s"]) for r in rows])
+    reserved = statistics.median(r["peak_gpu_reserved_gib"] / r["peak_gpu_gib"] for r in rows)
+    coef = {"mem_act": a, "mem_logit": l, "mem_gen": g, "s_per_call": call, "s_per_step": per_step,
+            **{f"gen_s_per_{t.removeprefix('gen_')}": c for t, c in zip(GEN_TERMS, gen[:-1])}, "eval_fixed_s": gen[-1],
+            "first_step_extra_s": warm, "load_s": load[0], "load_s_per_gparam": load[1], "reserved_ratio": reserved,
+            "trial_start_s": 8.0, "packed_slowdown": 0.25}
+    calib = Calibration(card=rows[0]["card"], key=card.key, memory_gib=card.memory_gib or 0.0,
+                        measured=measured, source=source, command=command, coefficients=coef)
+    for r in rows:
+        p = predict_benchmark(experiments[r["name"]], r, calib, feats[r["name"]], card)
+        calib.fit.append({"name": r["name"], "peak_gib": [r["peak_gpu_gib"], round(p["peak_gib"], 2)],
+                          "step_s": [round(r["train_label_tokens"] / r["optimizer_steps"] / r["train_tok_s_after_step1"], 3),
+                                     round(p["step_s"], 3)],
+                          "eval_batch_s": [r["eval_gen_s"], round(p["eval_batch_s"], 2)]})
+    return calib
+
+
+def save_calibration(calib: Calibration, path: Path | None = None) -> Path:
+    path = Path(path or calibration_path(calib.key))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = {k: v for k, v in asdict(calib).items() if k != "path"}
+    data["coefficients"] = {k: float(f"{v:.6g}") for k, v in calib.coefficients.items()}
+    path.write_text(json.dumps(data, indent=1) + "\n")
+    return path
+
+
+# ---------------------------------------------------------------------------------------------------
+# Predictions
+
+
+def _peaks(f: Features, c: dict[str, float]) -> tuple[float, float]:
+    train = f.static_gib + c["mem_act"] * f.act_gib + c["mem_logit"] * f.logit_gib
+    return train, f.static_gib + c["mem_gen"] * f.gen_gib
+
+
+def _micro_s(f: Features, c: dict[str, float], card: Card) -> float:
+    return c["s_per_call"] * f.module_calls + _fixed_train_s(f, card)
+
+
+def _eval_batch_s(f: Features, c: dict[str, float], card: Card) -> float:
+    return (c["eval_fixed_s"] + sum(c[f"gen_s_per_{t.removeprefix('gen_')}"] * getattr(f, t) for t in GEN_TERMS)
+            + _fixed_gen_s(f, card))
+
+
+def predict_benchmark(exp: dict[str, Any], row: dict[str, Any], calib: Calibration, f: Features | None = None,
+                      card: Card | None = None) -> dict[str, float]:
+    """What the plan says for a `gpu_configs.py` run of `exp` (its steps, one eval batch), to compare with `row`."""
+    card = card or _card_of(calib.card)
+    c = calib.coefficients
+    f = f or features(exp, model_dims(exp["model"]["architecture"], exp["model"]["checkpoint"]))
+    train, gen = _peaks(f, c)
+    accum = exp["training"]["gradient_accumulation_steps"]
+    step = accum * _micro_s(f, c, card) + c["s_per_step"]
+    steps = row.get("optimizer_steps") or 3
+    ev = _eval_batch_s(f, c, card)
+    train_s = steps * step + c["first_step_extra_s"]
+    return {"peak_gib": max(train, gen), "train_peak_gib": train, "step_s": step, "train_s": train_s,
+            "eval_batch_s": ev, "run_trial_s": c["load_s"] + c["load_s_per_gparam"] * f.params / 1e9 + train_s + ev}
+
+
+@dataclass
+class TrialPlan:
+    name: str
+    arch: str
+    params: int
+    dims_source: str
+    peak_gib: float  # predicted peak allocated (training or generation, whichever is larger)
+    peak_phase: str
+    optimizer_steps: int
+    evaluations: int
+    train_s: float
+    eval_s: float  # all evaluations together
+    trial_s: float
+    fits: bool
+    gpu_fraction: float = 1.0
+    memory_cap_gib: float | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def count_evaluations(steps_per_epoch: int, epochs: int, eval_steps: int | None) -> int:
+    """Evaluations of one trial: every eval_steps optimizer steps, plus every epoch's end (one when they coincide)."""
+    total = steps_per_epoch * epochs
+    at = {e * steps_per_epoch for e in range(1, epochs + 1)}
+    if eval_steps:
+        at |= set(range(eval_steps, total + 1, eval_steps))
+    return len(at)
+
+
+def plan_trial(exp: dict[str, Any], n_train: int, n_dev: int, calib: Calibration, card: Card,
+               model_path: str | None = None) -> TrialPlan:
+    t = exp["training"]
+    d = model_dims(exp["model"]["architecture"], exp["model"]["checkpoint"], model_path)
+    f = features(exp, d)
+    c = calib.coefficients
+    train_peak, gen_peak = _peaks(f, c)
+    micro = math.ceil(n_train / t["per_device_train_batch_size"])
+    steps_per_epoch = max(1, math.ceil(micro / t["gradient_accumulation_steps"]))
+    epochs = t["num_train_epochs"]
+    evals = count_evaluations(steps_per_epoch, epochs, t["eval_steps"])
+    train_s = epochs * (micro * _micro_s(f, c, card) + steps_per_epoch * c["s_per_step"]) + c["first_step_extra_s"]
+    batches = math.ceil(n_dev / t["per_device_eval_batch_size"])
+    eval_s = evals * (batches * (_eval_batch_s(f, c, card) - c["eval_fixed_s"]) + c["eval_fixed_s"])
+    start = c["trial_start_s"] + c["load_s"] + c["load_s_per_gparam"] * f.params / 1e9
+    peak = max(train_peak, gen_peak)
+    plan = TrialPlan(
+        name=exp["name"], arch=d.arch, params=f.params, dims_source=d.source, peak_gib=peak,
+        peak_phase="train" if train_peak >= gen_peak else "gen", optimizer_steps=steps_per_epoch * epochs,
+        evaluations=evals, train_s=train_s, eval_s=eval_s, trial_s=start + train_s + eval_s,
+        fits=peak * c["reserved_ratio"] + CONTEXT_GIB <= card.memory_gib if card.memory_gib else True,
+    )
+    if not plan.fits and peak + CONTEXT_GIB <= card.memory_gib:
+        plan.fits, plan.notes = True, ["tight: fits allocated, not with the allocator's usual cache"]
+    elif not plan.fits:
+        plan.notes.append("CUDA OOM expected at the configured batch; the OOM back-off halves it (same effective batch)")
+    return plan
+
+
+# ---------------------------------------------------------------------------------------------------
+# Packing: fractions of a GPU, memory caps, and the grid's makespan
+
+
+def share_gib(peak_gib: float) -> float:
+    """GPU memory a packed trial is given: its predicted peak plus headroom, plus its CUDA context."""
+    return peak_gib * HEADROOM + CONTEXT_GIB
+
+
+def pack(trials: list[TrialPlan], card_memory_gib: float, enabled: bool = True) -> bool:
+    """Set each trial's GPU fraction and memory cap; return whether any two trials can share a GPU.
+
+    A trial's fraction is its share of the card, rounded up to 0.01; Ray places trials on one GPU while their
+    fractions sum to at most 1. Packing is used only where at least two trials fit one card together; else
+    (or disabled, or a trial that doesn't fit a card alone) a trial takes the whole card, uncapped."""
+    fractions = {}
+    for t in trials:
+        need = share_gib(t.peak_gib) / card_memory_gib if card_memory_gib else 2.0
+        fractions[t.name] = math.ceil(need / MIN_PACK_FRACTION_STEP - 1e-9) * MIN_PACK_FRACTION_STEP
+    sizes = sorted(v for v in fractions.values() if v <= 1.0)
+    packable = enabled and len(sizes) >= 2 and sizes[0] + sizes[1] <= 1.0
+    for t in trials:
+        f = fractions[t.name]
+        if packable and f <= 1.0 - sizes[0] + 1e-9:  # shares the card with at least the smallest other trial
+            t.gpu_fraction = round(f, 2)
+            t.memory_cap_gib = round(t.gpu_fraction * card_memory_gib - CONTEXT_GIB, 2)
+        else:
+            t.gpu_fraction, t.memory_cap_gib = 1.0, None
+    return packable
+
+
+def longest_first(trials: list[TrialPlan]) -> list[TrialPlan]:
+    return sorted(trials, key=lambda t: -t.trial_s)
+
+
+def makespan(trials: list[TrialPlan], gpus: int, slowdown: float = 0.25, packed: bool = True) -> float:
+    """Wall-clock of the grid. Trials start in the given order (longest first) whenever their fraction fits a
+    GPU (Ray starts any pending trial that fits); while k trials share a GPU each progresses at 1/(1 + slowdown
+    x (k - 1)) of its speed alone."""
+    gpus = max(1, gpus)
+    free = [1.0] * gpus
+    running: list[list[Any]] = []  # [remaining seconds of work alone, gpu, fraction]
+    pending = list(trials)
+    now = 0.0
+    while pending or running:
+        for t in list(pending):
+            f = t.gpu_fraction if packed else 1.0
+            gpu = next((g for g in range(gpus) if free[g] + 1e-9 >= f), None)
+            if gpu is not None:
+                free[gpu] -= f
+                running.append([t.trial_s, gpu, f])
+                pending.remove(t)
+        if not running:
+            break  # a trial wider than a GPU: can't happen with fractions <= 1
+        share = {g: sum(1 for r in running if r[1] == g) for g in range(gpus)}
+        rate = [1 / (1 + slowdown * (share[r[1]] - 1)) for r in running]
+        dt = min(r[0] / v for r, v in zip(running, rate))
+        now += dt
+        for r, v in zip(running, rate):
+            r[0] -= dt * v
+        for r in [r for r in running if r[0] <= 1e-6]:
+            free[r[1]] += r[2]
+            running.remove(r)
+    return now
+
+
+# ---------------------------------------------------------------------------------------------------
+# The plan of a grid, and how it is printed
+
+
+@dataclass
+class GridForecast:
+    card: Card
+    calibration: Calibration
+    scaled: bool
+    gpus: int
+    n_train: int
+    n_dev: int
+    trials: list[TrialPlan]
+    packed: bool
+    sequential_s: float
+    packed_s: float
+
+
+def resolve_card(card: str | None = None, gpu_memory: float | None = None) -> tuple[Card, Calibration, bool]:
+    """The card to plan for and its calibration (the H100's, scaled, where the card has none)."""
+    if card and card not in CARDS:
+        raise PlanError(f"--card {card}: unknown card; use one of {', '.join(CARDS)}, or --gpu-memory GB")
+    if gpu_memory is not None and gpu_memory <= 0:
+        raise PlanError(f"--gpu-memory {gpu_memory}: must be a positive number of GB")
+    chosen = CARDS[card or "h100"]
+    if gpu_memory is not None:
+        chosen = Card(chosen.key if card else "custom", f"{chosen.name if card else 'a GPU'} with {gpu_memory:g} GB",
+                      gpu_memory * 1e9 / GIB, chosen.bf16_tflops, chosen.bandwidth_tbs)
+    key = chosen.key if calibration_path(chosen.key).exists() else "h100"
+    return chosen, load_calibration(key), key != chosen.key
+
+
+def local_card() -> tuple[str | None, float | None]:
+    """The first local CUDA card's --card key (or None) and its memory in GB, through torch."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None, None
+    props = torch.cuda.get_device_properties(0)
+    card = _card_of(props.name)
+    return (card.key if card.key in CARDS else None), props.total_memory / 1e9
+
+
+def forecast(experiments: list[dict[str, Any]], data_dir: Path, card: Card, calib: Calibration, scaled: bool,
+             gpus: int = 1, pack_trials: bool = True, model_paths: dict[str, str] | None = None) -> GridForecast:
+    from trainables.data import read_split
+
+    n_train = len(read_split(Path(data_dir), "train").frame)
+    n_dev = len(read_split(Path(data_dir), "dev").frame)
+    trials = [plan_trial(e, n_train, n_dev, calib, card, (model_paths or {}).get(e["model"]["checkpoint"]))
+              for e in experiments]
+    packed = pack(trials, card.memory_gib, enabled=pack_trials)
+    trials = longest_first(trials)
+    slow = calib.coefficients.get("packed_slowdown", 0.25)
+    return GridForecast(card=card, calibration=calib, scaled=scaled, gpus=max(1, gpus), n_train=n_train, n_dev=n_dev,
+                        trials=trials, packed=packed, sequential_s=makespan(trials, max(1, gpus), 0.0, packed=False),
+                        packed_s=makespan(trials, max(1, gpus), slow, packed=True) if packed else
+                        makespan(trials, max(1, gpus), 0.0, packed=False))
+
+
+def duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f}s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f}m"
+    return f"{seconds / 3600:.1f}h"
+
+
+def format_forecast(fc: GridForecast) -> str:
+    c = fc.calibration
+    lines = [f"Plan for {fc.gpus} x {fc.card.name} ({fc.card.memory_gib:.1f} GiB), data {fc.n_train} train / "
+             f"{fc.n_dev} dev rows; calibration {Path(c.path).name or c.key} ({c.card}, measured {c.measured})"]
+    if fc.scaled:
+        lines.append(f"  no calibration for this card: the H100's, with FLOP terms scaled by dense bf16 "
+                     f"{CARDS['h100'].bf16_tflops:.0f}/{fc.card.bf16_tflops:.0f} TFLOP/s and memory-bandwidth terms by "
+                     f"{CARDS['h100'].bandwidth_tbs}/{fc.card.bandwidth_tbs} TB/s; per-call overheads as measured there")
+    head = ("config", "arch", "params", "peak GiB", "fits", "steps", "evals", "train", "eval", "trial", "GPU share")
+    rows = []
+    for t in fc.trials:
+        share = f"{t.gpu_fraction:.2f} (cap {t.memory_cap_gib:.1f} GiB)" if t.memory_cap_gib else "1 (whole card)"
+        rows.append((t.name, t.arch, f"{t.params / 1e6:.0f}M", f"{t.peak_gib:.1f} ({t.peak_phase})",
+                     "yes" if t.fits and not t.notes else ("tight" if t.fits else "NO"), str(t.optimizer_steps),
+                     str(t.evaluations), duration(t.train_s), duration(t.eval_s), duration(t.trial_s), share))
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
+    lines.append("  " + "  ".join(h.ljust(w) for h, w in zip(head, widths)))
+    lines += ["  " + "  ".join(v.ljust(w) for v, w in zip(r, widths)) for r in rows]
+    for t in fc.trials:
+        lines += [f"  note {t.name}: {n}" for n in t.notes]
+    gpu_hours = sum(t.trial_s for t in fc.trials) / 3600
+    lines.append(f"Grid: {len(fc.trials)} trials, {gpu_hours:.1f} GPU-hours; one trial per GPU at a time: "
+                 f"{duration(fc.sequential_s)} wall-clock" + (
+                     f"; packed (longest first, fractions above): {duration(fc.packed_s)} "
+                     f"({fc.sequential_s / max(fc.packed_s, 1e-9):.1f}x, assuming each co-running trial slows the "
+                     f"others by {c.coefficients.get('packed_slowdown', 0.25):.0%})" if fc.packed else
+                     "; packing: no two trials fit one card together, one per GPU"))
+    lines.append("Times are upper bounds: every input at encoder_max_len, generation to max_length, early stopping "
+                 "ignored. Peak = allocated; the card also needs the allocator's cache and a CUDA context.")
+    return "\n".join(lines)
+
+
+def summary_line(fc: GridForecast) -> str:
+    worst = max(fc.trials, key=lambda t: t.peak_gib)
+    misfits = [t.name for t in fc.trials if not t.fits]
+    return (f"plan: {len(fc.trials)} trials on {fc.gpus} x {fc.card.name}: peak {worst.peak_gib:.1f} GiB "
+            f"({worst.name}){', does NOT fit: ' + ', '.join(misfits) if misfits else ', all fit'}; "
+            f"{duration(fc.sequential_s)} one at a time"
+            + (f", {duration(fc.packed_s)} packed" if fc.packed else ", no packing") +
+            f" (upper bound; `python tune_main7.py plan` for the table)")
+
+
+def placements(fc: GridForecast, packed: bool) -> dict[str, dict[str, Any]]:
+    """What each trial gets, keyed by experiment name; travels in the trials' `run` config."""
+    return {t.name: {"gpu": t.gpu_fraction if packed else 1.0,
+                     "memory_cap_gib": t.memory_cap_gib if packed else None,
+                     "predicted_peak_gib": round(t.peak_gib, 2), "predicted_trial_s": round(t.trial_s, 1),
+                     "card": fc.card.name} for t in fc.trials}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Inside a trial: the memory cap, and what is recorded
+
+
+def trial_resources(config: dict[str, Any], use_gpu: bool = True) -> dict[str, float]:
+    """Ray's request for one trial: its planned GPU fraction, else one whole GPU (a CPU trial: one CPU)."""
+    if not use_gpu:
+        return {"cpu": 1}
+    placed = (config.get("run", {}).get("placement") or {}).get(config.get("experiment", {}).get("name"), {})
+    return {"cpu": 1, "gpu": float(placed.get("gpu") or 1)}
+
+
+def apply_memory_cap(run: dict[str, Any], name: str) -> dict[str, Any]:
+    """Cap this process's CUDA allocator at the trial's planned share; return the eff_* record of the placement.
+
+    Past the cap an allocation raises the ordinary CUDA OOM, so the batch back-off works as on a smaller card."""
+    placed = (run.get("placement") or {}).get(name)
+    eff: dict[str, Any] = {"eff_gpu_fraction": 1.0, "eff_memory_cap_gib": None, "eff_packed": False}
+    if not placed:
+        return eff
+    eff.update(eff_gpu_fraction=placed["gpu"], eff_predicted_peak_gib=placed.get("predicted_peak_gib"),
+               eff_predicted_trial_s=placed.get("predicted_trial_s"))
+    cap = placed.get("memory_cap_gib")
+    if not cap:
+        return eff
+    import torch
+
+    if not torch.cuda.is_available():
+        return eff
+    total = torch.cuda.get_device_properties(0).total_memory
+    fraction = min(1.0, cap * GIB / total)
+    torch.cuda.set_per_process_memory_fraction(fraction, 0)
+    eff.update(eff_memory_cap_gib=round(fraction * total / GIB, 2), eff_packed=placed["gpu"] < 1.0)
+    return eff
+
+
+def local_card_cheap() -> tuple[str | None, float | None]:
+    """Like local_card, through nvidia-smi (no torch import: `plan` stays fast); (None, None) without a GPU."""
+    import shutil
+    import subprocess
+
+    if not shutil.which("nvidia-smi"):
+        return None, None
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=20).stdout.strip().splitlines()
+        name, mib = [x.strip() for x in out[0].split(",")]
+    except (OSError, subprocess.SubprocessError, IndexError, ValueError):
+        return None, None
+    card = _card_of(name)
+    return (card.key if card.key in CARDS else None), float(mib) * 2**20 / 1e9
+
+
+# ---------------------------------------------------------------------------------------------------
+# plan --calibrate: measure this card with the real-size benchmark, fit, write the table
+
+
+def calibrate(args) -> int:
+    """Run `benchmarks/gpu_configs.py` (a few real-size steps and one eval batch per config, each in a fresh
+    process) on this machine's GPU, fit the coefficients and write trainables/calibration/<card>.json."""
+    import datetime as dt
+    import subprocess
+    import sys
+    import tempfile
+
+    import torch
+
+    from trainables.config import apply_mode, load_search_space
+
+    if not torch.cuda.is_available():
+        raise PlanError("plan --calibrate measures this machine's GPU, and it has none; plan with --card instead")
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_configs.py"
+    if not script.is_file():
+        raise PlanError(f"{script}: not found; --calibrate needs the repository checkout's benchmarks/ folder")
+    configs = load_search_space(Path(args.search_space), args.only)
+    out = Path(tempfile.mkdtemp(prefix="calibrate-")) / "bench.json"
+    steps = os.environ.get("TUNE_MAIN7_CALIBRATE_STEPS", "3")
+    cmd = [sys.executable, str(script), "--steps", steps, "--out", str(out), "--search-space", str(args.search_space),
+           "--only", *[c.name for c in configs]]
+    print("calibrating:", " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=False)
+    if not out.is_file():
+        raise PlanError("the calibration run wrote no results; see its output above")
+    rows = json.loads(out.read_text())
+    experiments = {c.name: apply_mode(c, "full")[0] for c in configs}
+    calib = fit_calibration(rows, experiments, source=str(out), measured=dt.date.today().isoformat(),
+                            command=" ".join(["python tune_main7.py plan --calibrate", *(["--only", *args.only] if args.only else [])]))
+    path = save_calibration(calib)
+    print(f"wrote {path} for {calib.card}")
+    print(format_fit(calib))
+    return 0
+
+
+def format_fit(calib: Calibration) -> str:
+    lines = ["| config | peak GiB measured / fitted | step s measured / fitted | eval batch s measured / fitted |",
+             "|---|---|---|---|"]
+    for f in calib.fit:
+        lines.append(f"| {f['name']} | {f['peak_gib'][0]:.2f} / {f['peak_gib'][1]:.2f} | {f['step_s'][0]:.3f} / "
+                     f"{f['step_s'][1]:.3f} | {f['eval_batch_s'][0]:.2f} / {f['eval_batch_s'][1]:.2f} |")
+    return "\n".join(lines)
