@@ -35,6 +35,11 @@ CALIBRATION_DIR = Path(__file__).resolve().parent / "calibration"
 CONTEXT_GIB = 0.6  # a CUDA context and cuBLAS workspace per process, outside the allocator's cap
 HEADROOM = 1.15  # a packed trial's share is its predicted peak (reserved) plus 15%
 MIN_PACK_FRACTION_STEP = 0.01
+# Allocated memory needs some slack for fragmentation: reserved/allocated ranged 1.12-1.38 on the H100 runs.
+FRAGMENTATION = 1.10
+# Each other trial on the same GPU slows a trial by this much: four real-size configs packed on one H100 ran
+# their steps 1.2-2.2x and their generation 1.7-2.5x slower than alone (BENCHMARKS.md), ~0.35 per co-runner.
+PACKED_SLOWDOWN = 0.35
 
 
 @dataclass(frozen=True)
@@ -257,6 +262,7 @@ class Calibration:
     command: str
     coefficients: dict[str, float]
     fit: list[dict[str, Any]] = field(default_factory=list)
+    notes: str = ""
     path: str = ""
 
 
@@ -269,7 +275,8 @@ def load_calibration(key: str) -> Calibration:
     try:
         raw = json.loads(path.read_text())
         calib = Calibration(**{k: raw[k] for k in ("card", "key", "memory_gib", "measured", "source", "command",
-                                                    "coefficients")}, fit=raw.get("fit", []), path=str(path))
+                                                    "coefficients")}, fit=raw.get("fit", []), notes=raw.get("notes", ""),
+                            path=str(path))
     except FileNotFoundError:
         raise PlanError(f"{path}: no calibration for {key}; run `python tune_main7.py plan --calibrate` on that card, "
                         "or plan with --card h100") from None
@@ -353,7 +360,7 @@ def fit_calibration(rows: list[dict[str, Any]], experiments: dict[str, dict[str,
     coef = {"mem_act": a, "mem_logit": l, "mem_gen": g, "s_per_call": call, "s_per_step": per_step,
             **{f"gen_s_per_{t.removeprefix('gen_')}": c for t, c in zip(GEN_TERMS, gen[:-1])}, "eval_fixed_s": gen[-1],
             "first_step_extra_s": warm, "load_s": load[0], "load_s_per_gparam": load[1], "reserved_ratio": reserved,
-            "trial_start_s": 8.0, "packed_slowdown": 0.25}
+            "trial_start_s": 8.0, "packed_slowdown": PACKED_SLOWDOWN}
     calib = Calibration(card=rows[0]["card"], key=card.key, memory_gib=card.memory_gib or 0.0,
                         measured=measured, source=source, command=command, coefficients=coef)
     for r in rows:
@@ -456,10 +463,10 @@ def plan_trial(exp: dict[str, Any], n_train: int, n_dev: int, calib: Calibration
         name=exp["name"], arch=d.arch, params=f.params, dims_source=d.source, peak_gib=peak,
         peak_phase="train" if train_peak >= gen_peak else "gen", optimizer_steps=steps_per_epoch * epochs,
         evaluations=evals, train_s=train_s, eval_s=eval_s, trial_s=start + train_s + eval_s,
-        fits=peak * c["reserved_ratio"] + CONTEXT_GIB <= card.memory_gib if card.memory_gib else True,
+        fits=peak * FRAGMENTATION + CONTEXT_GIB <= card.memory_gib if card.memory_gib else True,
     )
-    if not plan.fits and peak + CONTEXT_GIB <= card.memory_gib:
-        plan.fits, plan.notes = True, ["tight: fits allocated, not with the allocator's usual cache"]
+    if plan.fits and card.memory_gib and peak * c["reserved_ratio"] + CONTEXT_GIB > card.memory_gib:
+        plan.notes.append("tight: fits, but not with the allocator's usual cache; a few slower steps are possible")
     elif not plan.fits:
         plan.notes.append("CUDA OOM expected at the configured batch; the OOM back-off halves it (same effective batch)")
     return plan
@@ -500,7 +507,7 @@ def longest_first(trials: list[TrialPlan]) -> list[TrialPlan]:
     return sorted(trials, key=lambda t: -t.trial_s)
 
 
-def makespan(trials: list[TrialPlan], gpus: int, slowdown: float = 0.25, packed: bool = True) -> float:
+def makespan(trials: list[TrialPlan], gpus: int, slowdown: float = PACKED_SLOWDOWN, packed: bool = True) -> float:
     """Wall-clock of the grid. Trials start in the given order (longest first) whenever their fraction fits a
     GPU (Ray starts any pending trial that fits); while k trials share a GPU each progresses at 1/(1 + slowdown
     x (k - 1)) of its speed alone."""
@@ -584,7 +591,7 @@ def forecast(experiments: list[dict[str, Any]], data_dir: Path, card: Card, cali
               for e in experiments]
     packed = pack(trials, card.memory_gib, enabled=pack_trials)
     trials = longest_first(trials)
-    slow = calib.coefficients.get("packed_slowdown", 0.25)
+    slow = calib.coefficients.get("packed_slowdown", PACKED_SLOWDOWN)
     return GridForecast(card=card, calibration=calib, scaled=scaled, gpus=max(1, gpus), n_train=n_train, n_dev=n_dev,
                         trials=trials, packed=packed, sequential_s=makespan(trials, max(1, gpus), 0.0, packed=False),
                         packed_s=makespan(trials, max(1, gpus), slow, packed=True) if packed else
@@ -624,7 +631,7 @@ def format_forecast(fc: GridForecast) -> str:
                  f"{duration(fc.sequential_s)} wall-clock" + (
                      f"; packed (longest first, fractions above): {duration(fc.packed_s)} "
                      f"({fc.sequential_s / max(fc.packed_s, 1e-9):.1f}x, assuming each co-running trial slows the "
-                     f"others by {c.coefficients.get('packed_slowdown', 0.25):.0%})" if fc.packed else
+                     f"others by {c.coefficients.get('packed_slowdown', PACKED_SLOWDOWN):.0%})" if fc.packed else
                      "; packing: no two trials fit one card together, one per GPU"))
     lines.append("Times are upper bounds: every input at encoder_max_len, generation to max_length, early stopping "
                  "ignored. Peak = allocated; the card also needs the allocator's cache and a CUDA context.")

@@ -1,0 +1,240 @@
+"""The pre-flight plan and packing (trainables/plan.py), on CPUs.
+
+Made-up GPUs: card sizes passed to the plan (80, 24, 140 GB), local GPUs faked where the driver asks torch,
+and Ray started with `num_gpus=1` on this CPU machine, which schedules fractional requests as on a real card."""
+
+from __future__ import annotations
+
+import json
+import time
+from argparse import Namespace
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, run_cli
+from trainables import launch, plan
+from trainables.config import apply_mode, load_search_space
+
+CONFIGS = ROOT / "search_spaces"
+
+
+def experiments(mode: str = "full") -> list[dict]:
+    return [apply_mode(c, mode)[0] for c in load_search_space(CONFIGS)]
+
+
+def trial(name: str, peak: float, seconds: float = 100.0) -> plan.TrialPlan:
+    return plan.TrialPlan(name=name, arch="bart", params=1, dims_source="test", peak_gib=peak, peak_phase="train",
+                          optimizer_steps=1, evaluations=1, train_s=seconds, eval_s=0.0, trial_s=seconds, fits=True)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Model size from the config, without weights
+
+
+@pytest.mark.parametrize("arch", ["mt5", "t5", "bart"])
+def test_parameter_count_from_dimensions_matches_a_built_model(arch, tmp_path):
+    """The count the plan computes from config.json equals the parameters of the model built from that config."""
+    from transformers import AutoModelForSeq2SeqLM, BartConfig, MT5Config, T5Config
+
+    from trainables.models import TINY_DIMS
+
+    dims = dict(TINY_DIMS[arch], vocab_size=1000)
+    if arch == "bart":
+        cfg = BartConfig(**dims)
+    else:
+        cfg = (MT5Config if arch == "mt5" else T5Config)(feed_forward_proj="gated-gelu", tie_word_embeddings=False, **dims)
+    cfg.save_pretrained(tmp_path)
+    model = AutoModelForSeq2SeqLM.from_config(cfg)
+    norms_and_biases = sum(p.numel() for n, p in model.named_parameters() if p.dim() == 1 or "relative_attention" in n)
+    d = plan.model_dims(arch, "some/checkpoint", str(tmp_path))
+    assert d.source.endswith("config.json")
+    assert plan.parameter_count(d) == model.num_parameters() - norms_and_biases
+
+
+def test_known_dimensions_give_the_real_checkpoints_sizes():
+    sizes = {arch: plan.parameter_count(plan.model_dims(arch, "not/on-disk")) / 1e6 for arch in ("mt5", "t5", "bart")}
+    assert sizes["mt5"] == pytest.approx(582, rel=0.01)  # FIELD-NOTES.md: 582M, 276M, 124M
+    assert sizes["t5"] == pytest.approx(276, rel=0.01)
+    assert sizes["bart"] == pytest.approx(124, rel=0.01)
+
+
+def test_evaluations_count_eval_steps_and_epoch_ends_once_each():
+    assert plan.count_evaluations(10, 2, 4) == 6  # steps 4, 8, 10 (epoch end), 12, 16, 20 (epoch end)
+    assert plan.count_evaluations(10, 2, 5) == 4  # 5, 10, 15, 20: epoch ends coincide
+    assert plan.count_evaluations(10, 3, None) == 3
+
+
+def test_calibration_refit_from_the_benchmark_rows_reproduces_the_measured_peaks():
+    """The table in the repo comes from benchmarks/gpu_configs.py rows; refitting them gives peaks within 20%."""
+    rows = json.loads((ROOT / "benchmarks" / "results-2026-11-25-h100-plan.json").read_text())
+    exps = {e["name"]: e for e in experiments()}
+    calib = plan.fit_calibration(rows, exps)
+    for r in rows:
+        predicted = plan.predict_benchmark(exps[r["name"]], r, calib)
+        assert predicted["peak_gib"] == pytest.approx(r["peak_gpu_gib"], rel=0.2), r["name"]
+
+
+def test_plan_prints_the_seven_configs_without_a_gpu():
+    proc = run_cli("plan", "--card", "h100", timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    names = [e["name"] for e in experiments()]
+    table = proc.stdout
+    assert all(n in table for n in names), table
+    assert "calibration h100.json (NVIDIA H100 80GB HBM3" in table and "Grid: 7 trials" in table
+
+
+def test_plan_for_a_card_without_its_own_table_says_how_it_was_scaled():
+    proc = run_cli("plan", "--card", "rtx3090", timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "no calibration for this card" in proc.stdout and "989/71" in proc.stdout
+    # config 4 (LoRA on an unquantized T5, batch 12) peaks near 22 GiB: it does not fit a 24 GB card as written
+    row = next(line for line in proc.stdout.splitlines() if "02_eenzeenee_t5_rtx3090" in line and "GiB" not in line[:5])
+    assert " NO " in row and "1 (whole card)" in row
+
+
+def test_bad_card_flags_are_one_line_errors():
+    proc = run_cli("plan", "--gpu-memory", "0", timeout=120)
+    assert proc.returncode == 2 and proc.stderr.startswith("error: --gpu-memory 0"), proc.stderr
+
+
+# ---------------------------------------------------------------------------------------------------
+# Packing decisions with made-up cards
+
+
+def test_big_card_packs_small_trials_with_caps_that_sum_within_the_card():
+    trials = [trial("a", 16.0), trial("b", 13.0), trial("c", 5.0), trial("d", 21.0)]
+    assert plan.pack(trials, 79.2)
+    for t in trials:
+        assert 0 < t.gpu_fraction < 1
+        assert t.memory_cap_gib == pytest.approx(t.gpu_fraction * 79.2 - plan.CONTEXT_GIB, abs=0.01)
+        assert t.memory_cap_gib >= t.peak_gib * plan.HEADROOM - 1e-6  # its own peak plus headroom fits its cap
+    assert sum(t.gpu_fraction for t in trials) <= 1.0  # these four fit one 80 GB card at once
+
+
+def test_24gb_card_keeps_one_at_a_time_unless_two_really_fit():
+    big = [trial("mt5_a", 13.3), trial("mt5_b", 16.0)]
+    assert not plan.pack(big, 23.7)
+    assert [t.gpu_fraction for t in big] == [1.0, 1.0] and all(t.memory_cap_gib is None for t in big)
+    small = [trial("bart_a", 5.0), trial("bart_b", 6.4), trial("t5", 21.8)]
+    assert plan.pack(small, 23.7)
+    assert small[0].gpu_fraction + small[1].gpu_fraction <= 1.0
+    assert small[2].gpu_fraction == 1.0 and small[2].memory_cap_gib is None  # too big to share: whole card, no cap
+
+
+def test_packing_off_or_a_trial_bigger_than_the_card_takes_whole_cards():
+    trials = [trial("a", 5.0), trial("b", 5.0)]
+    assert not plan.pack(trials, 79.2, enabled=False)
+    assert all(t.gpu_fraction == 1.0 and t.memory_cap_gib is None for t in trials)
+    huge = [trial("huge", 90.0), trial("small", 5.0)]
+    plan.pack(huge, 79.2)
+    assert huge[0].gpu_fraction == 1.0 and huge[0].memory_cap_gib is None
+
+
+def test_makespan_longest_first_and_packed():
+    trials = plan.longest_first([trial(n, 1.0, s) for n, s in (("s", 4), ("l", 10), ("m", 8), ("n", 6))])
+    assert [t.name for t in trials] == ["l", "m", "n", "s"]
+    assert plan.makespan(trials, gpus=2, slowdown=0, packed=False) == pytest.approx(14)  # l+s | m+n
+    assert plan.makespan(trials, gpus=1, slowdown=0, packed=False) == pytest.approx(28)
+    for t in trials:
+        t.gpu_fraction = 0.25
+    assert plan.makespan(trials, gpus=1, slowdown=0, packed=True) == pytest.approx(10)  # all four at once
+    slowed = plan.makespan(trials, gpus=1, slowdown=0.5, packed=True)
+    assert 10 < slowed < 28
+
+
+@pytest.mark.parametrize("card, memory_gb, packed", [("h100", 85.0, True), ("rtx3090", 25.4, True), (None, 150.0, True)])
+def test_run_plan_on_made_up_local_gpus(monkeypatch, capsys, tmp_path, card, memory_gb, packed):
+    """quick/full on (faked) local GPUs: the summary line, longest trials first, each trial's fraction in run."""
+    monkeypatch.setattr(launch, "count_local_gpus", lambda: 1)
+    monkeypatch.setattr(plan, "local_card", lambda: (card, memory_gb))
+    monkeypatch.setattr(launch, "prepare_models", lambda exps, mode, data_dir, cache: {
+        e["model"]["checkpoint"]: {"model_path": e["model"]["checkpoint"], "model_source": "test"} for e in exps})
+    args = Namespace(mode="full", search_space=str(CONFIGS), only=None, data_dir=str(ROOT / "data"), gpu=False,
+                     allow_cpu=False, address=None, max_concurrent=None, cache_dir=str(tmp_path), storage_path=str(tmp_path),
+                     name="t", metric="competition_score", max_failures=0, keep_checkpoints=1, wandb=False,
+                     tokenization=None, no_pack=False)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    grid = launch.plan_run(args)
+    out = capsys.readouterr().out
+    assert out.startswith("plan: 7 trials on 1 x ") and "one at a time" in out
+    placement = grid.run["placement"]
+    predicted = [placement[e["name"]]["predicted_trial_s"] for e in grid.experiments]
+    assert predicted == sorted(predicted, reverse=True), "longest trials first"
+    shares = [p["gpu"] for p in placement.values()]
+    assert any(s < 1 for s in shares) == packed
+    assert grid.max_concurrent == 7
+    for p in placement.values():
+        if p["gpu"] < 1:
+            assert p["memory_cap_gib"] <= p["gpu"] * memory_gb * 1e9 / 2**30
+    args.no_pack = True
+    grid = launch.plan_run(args)
+    assert all(p["gpu"] == 1.0 and p["memory_cap_gib"] is None for p in grid.run["placement"].values())
+    assert grid.max_concurrent == 1
+
+
+# ---------------------------------------------------------------------------------------------------
+# What Ray receives, and the cap each trial applies
+
+
+def test_trial_caps_its_allocator_at_its_share(monkeypatch):
+    import torch
+
+    calls = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: Namespace(total_memory=80 * 2**30, name="fake"))
+    monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction", lambda f, device=None: calls.append((f, device)))
+    run = {"placement": {"a": {"gpu": 0.25, "memory_cap_gib": 19.2, "predicted_peak_gib": 16.0, "predicted_trial_s": 9.0},
+                         "b": {"gpu": 1.0, "memory_cap_gib": None}}}
+    eff = plan.apply_memory_cap(run, "a")
+    assert calls == [(pytest.approx(19.2 / 80), 0)]
+    assert eff["eff_gpu_fraction"] == 0.25 and eff["eff_memory_cap_gib"] == pytest.approx(19.2) and eff["eff_packed"]
+    assert plan.apply_memory_cap(run, "b")["eff_memory_cap_gib"] is None and len(calls) == 1  # whole card: no cap
+    assert plan.apply_memory_cap({}, "a") == {"eff_gpu_fraction": 1.0, "eff_memory_cap_gib": None, "eff_packed": False}
+
+
+def make_fractional_trial():
+    """Built in a function so Ray ships it by value (the tests folder is no package on the workers)."""
+
+    def fractional_trial(config):
+        """Records the GPU share Ray assigned; waits until the other trial has started too (side by side)."""
+        import time
+        from pathlib import Path
+
+        import ray
+        from ray import tune
+
+        started = time.time()
+        barrier = Path(config["run"]["barrier"])
+        (barrier / config["experiment"]["name"]).write_text("x")
+        while len(list(barrier.iterdir())) < 2 and time.time() < started + config["run"]["wait_s"]:
+            time.sleep(0.05)
+        tune.report({"score": 1.0, "start": started, "end": time.time(),
+                     "gpu_share": ray.get_runtime_context().get_assigned_resources().get("GPU", 0.0)})
+
+    return fractional_trial
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("shares, together", [((0.45, 0.35), True), ((0.6, 0.6), False)])
+def test_ray_places_planned_fractions_on_one_made_up_gpu(tmp_path, monkeypatch, shares, together):
+    import ray
+
+    from trainables.grid import GridPlan, build_tuner
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    (tmp_path / "barrier").mkdir()
+    run = {"mode": "test", "barrier": str(tmp_path / "barrier"), "wait_s": 60 if together else 2,
+           "placement": {"exp_a": {"gpu": shares[0]}, "exp_b": {"gpu": shares[1]}}}
+    grid = GridPlan(experiments=[{"name": "exp_a"}, {"name": "exp_b"}], run=run, storage_path=tmp_path / "results",
+                    name="frac", use_gpu=True, max_concurrent=2, metric="score", max_failures=0)
+    ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False)
+    try:
+        results = build_tuner(grid, trainable=make_fractional_trial()).fit()
+    finally:
+        ray.shutdown()
+    assert not results.errors, results.errors
+    rows = sorted((r.metrics for r in results), key=lambda m: m["start"])
+    assert sorted(r["gpu_share"] for r in rows) == sorted(shares)
+    overlapped = rows[1]["start"] < rows[0]["end"]
+    assert overlapped == together, rows
