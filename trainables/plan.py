@@ -481,15 +481,17 @@ def share_gib(peak_gib: float) -> float:
     return peak_gib * HEADROOM + CONTEXT_GIB
 
 
-def pack(trials: list[TrialPlan], card_memory_gib: float, enabled: bool = True) -> bool:
+def pack(trials: list[TrialPlan], card_memory_gib: float, enabled: bool = True, gpus: int = 1) -> bool:
     """Set each trial's GPU fraction and memory cap; return whether any two trials can share a GPU.
 
     A trial's fraction is its share of the card, rounded up to 0.01; Ray places trials on one GPU while their
     fractions sum to at most 1. Packing is used only where at least two trials fit one card together; else
     (or disabled, or a trial that doesn't fit a card alone) a trial takes the whole card, uncapped."""
     fractions = {}
+    # Ray fills GPU 0 first (first fit): on several GPUs no GPU takes more than its part of the trials
+    floor = 1 / math.ceil(len(trials) / gpus) if gpus > 1 and trials else 0.0
     for t in trials:
-        need = share_gib(t.peak_gib) / card_memory_gib if card_memory_gib else 2.0
+        need = max(floor, share_gib(t.peak_gib) / card_memory_gib) if card_memory_gib else 2.0
         fractions[t.name] = math.ceil(need / MIN_PACK_FRACTION_STEP - 1e-9) * MIN_PACK_FRACTION_STEP
     sizes = sorted(v for v in fractions.values() if v <= 1.0)
     packable = enabled and len(sizes) >= 2 and sizes[0] + sizes[1] <= 1.0
@@ -589,13 +591,17 @@ def forecast(experiments: list[dict[str, Any]], data_dir: Path, card: Card, cali
     n_dev = len(read_split(Path(data_dir), "dev").frame)
     trials = [plan_trial(e, n_train, n_dev, calib, card, (model_paths or {}).get(e["model"]["checkpoint"]))
               for e in experiments]
-    packed = pack(trials, card.memory_gib, enabled=pack_trials)
+    gpus = max(1, gpus)
+    packed = pack(trials, card.memory_gib, enabled=pack_trials, gpus=gpus)
     trials = longest_first(trials)
     slow = calib.coefficients.get("packed_slowdown", PACKED_SLOWDOWN)
-    return GridForecast(card=card, calibration=calib, scaled=scaled, gpus=max(1, gpus), n_train=n_train, n_dev=n_dev,
-                        trials=trials, packed=packed, sequential_s=makespan(trials, max(1, gpus), 0.0, packed=False),
-                        packed_s=makespan(trials, max(1, gpus), slow, packed=True) if packed else
-                        makespan(trials, max(1, gpus), 0.0, packed=False))
+    sequential = makespan(trials, gpus, 0.0, packed=False)
+    packed_s = makespan(trials, gpus, slow, packed=True) if packed else sequential
+    if packed and packed_s > 0.9 * sequential:  # sharing a card would not pay: one trial per GPU
+        packed = pack(trials, card.memory_gib, enabled=False)
+        packed_s = sequential
+    return GridForecast(card=card, calibration=calib, scaled=scaled, gpus=gpus, n_train=n_train, n_dev=n_dev,
+                        trials=trials, packed=packed, sequential_s=sequential, packed_s=packed_s)
 
 
 def duration(seconds: float) -> str:
@@ -632,7 +638,8 @@ def format_forecast(fc: GridForecast) -> str:
                      f"; packed (longest first, fractions above): {duration(fc.packed_s)} "
                      f"({fc.sequential_s / max(fc.packed_s, 1e-9):.1f}x, assuming each co-running trial slows the "
                      f"others by {c.coefficients.get('packed_slowdown', PACKED_SLOWDOWN):.0%})" if fc.packed else
-                     "; packing: no two trials fit one card together, one per GPU"))
+                     "; packing: off (--no-pack), no two trials fit one card together, or sharing would not "
+                     "shorten the grid: one trial per GPU"))
     lines.append("Times are upper bounds: every input at encoder_max_len, generation to max_length, early stopping "
                  "ignored. Peak = allocated; the card also needs the allocator's cache and a CUDA context.")
     return "\n".join(lines)
