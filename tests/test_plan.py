@@ -238,3 +238,29 @@ def test_ray_places_planned_fractions_on_one_made_up_gpu(tmp_path, monkeypatch, 
     assert sorted(r["gpu_share"] for r in rows) == sorted(shares)
     overlapped = rows[1]["start"] < rows[0]["end"]
     assert overlapped == together, rows
+
+
+def test_calibrate_fits_the_benchmark_rows_and_writes_the_cards_table(monkeypatch, tmp_path, capsys):
+    """`plan --calibrate` on a (faked) GPU: runs gpu_configs.py, fits its rows, writes calibration/<card>.json."""
+    import subprocess
+
+    import torch
+
+    measured = ROOT / "benchmarks" / "results-2026-11-25-h100-plan.json"
+    ran = []
+
+    def fake_benchmark(cmd, check=False):
+        ran.append(cmd)
+        Path(cmd[cmd.index("--out") + 1]).write_text(measured.read_text())  # what gpu_configs.py wrote on the H100
+        return subprocess.CompletedProcess(cmd, 0)
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(subprocess, "run", fake_benchmark)
+    monkeypatch.setattr(plan, "CALIBRATION_DIR", tmp_path)
+    args = Namespace(search_space=str(CONFIGS), only=None)
+    assert plan.calibrate(args) == 0
+    assert ran and ran[0][1].endswith("gpu_configs.py") and "--steps" in ran[0]
+    table = json.loads((tmp_path / "h100.json").read_text())
+    assert table["card"] == "NVIDIA H100 80GB HBM3" and len(table["fit"]) == 7
+    assert plan.load_calibration("h100").coefficients == pytest.approx(table["coefficients"])
+    assert "| 01_mt5_xlsum_ultimate |" in capsys.readouterr().out
