@@ -148,7 +148,10 @@ def preflight(args, experiments: list[dict[str, Any]], run: dict[str, Any], use_
     fc = plan.forecast(experiments, Path(run["data_dir"]), card, calib, scaled, gpus=max(gpus, 1),
                        pack_trials=bool(gpus) and not getattr(args, "no_pack", False),
                        model_paths={k: v["model_path"] for k, v in run["models"].items()})
-    print(plan.summary_line(fc), flush=True)
+    line = plan.summary_line(fc)
+    if not gpus:  # a cluster's or no GPU: the plan assumed a card
+        line += f" [no local GPU: planned for an {card.name}; `plan --card` for another]"
+    print(line, flush=True)
     if not use_gpu or not gpus:
         return experiments, max_concurrent  # a cluster (--address) or the CPU: one GPU per trial, as configured
     order = [t.name for t in fc.trials]  # longest first: the grid's makespan is shortest
