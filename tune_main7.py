@@ -9,6 +9,7 @@
   python tune_main7.py report [DIR]          # result table and plots of an experiment (latest by default)
   python tune_main7.py predict [DIR]         # submission.csv from the best checkpoint (or --checkpoint PATH)
   python tune_main7.py plan [--mode full] [--card h100|--gpu-memory GB]   # memory and time per trial, no GPU
+  python tune_main7.py search CONFIG --samples N [--mode M]   # hyperparameter search around one config
 
 Heavy libraries (torch, ray, transformers) are imported only once a command needs them.
 """
@@ -21,7 +22,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-COMMANDS = ("run", "check", "report", "predict", "plan")
+COMMANDS = ("run", "check", "report", "predict", "plan", "search")
 
 
 def _positive_int(text: str) -> int:
@@ -41,7 +42,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         prog="tune_main7.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("command", nargs="?", default="run", choices=COMMANDS, help="what to do (default: run)")
-    parser.add_argument("target", nargs="?", help="report/predict: the experiment folder (default: the latest)")
+    parser.add_argument("target", nargs="?", help="report/predict: the experiment folder (default: the latest); "
+                        "search: the config to search around (a name in search_spaces/search/ or search_spaces/, or a YAML path)")
     parser.add_argument("--mode", default="smoke", choices=MODES,
                         help="smoke: offline stand-ins on CPU; quick: real models, 1 epoch; full: real models")
     parser.add_argument("--resume", nargs="?", const="latest", metavar="DIR",
@@ -81,6 +83,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "trainables/calibration/<card>.json")
     parser.add_argument("--no-pack", action="store_true",
                         help="one trial per GPU even where the plan says several fit one card")
+    parser.add_argument("--samples", type=int, metavar="N", help="search: how many configs to sample and train")
     parser.add_argument("--checkpoint", help="predict: this checkpoint folder instead of the best trial's best")
     parser.add_argument("--out", help="predict: the submission CSV (default: <experiment>/submission.csv)")
     return parser.parse_args(argv)
@@ -126,6 +129,13 @@ def main(argv: list[str] | None = None) -> int:
             except PredictError as err:
                 return launch.fail(str(err))
             return 0
+        if args.samples is not None and (args.command != "search" or args.resume):
+            return launch.fail("--samples belongs to `search` (a resumed search continues to the samples it "
+                               "started with)")
+        if args.command == "search" and not args.resume:
+            from trainables.search import run_search
+
+            return run_search(args)
         if args.resume:
             return launch.resume_grid(args)
         return launch.run_grid(args)

@@ -155,13 +155,15 @@ def _format_validation_error(path: Path, error: ValidationError) -> str:
             lines.append(f"  - {key}: unknown key; remove it or fix its spelling (see search_spaces/README.md)")
         elif item["type"] == "missing":
             lines.append(f"  - {key}: required key is missing")
+        elif not item["loc"]:  # a check across settings: its input is the whole config, too long to echo
+            lines.append(f"  - {key}: {item['msg']}")
         else:
             lines.append(f"  - {key}: {item['msg']} (got {item.get('input')!r})")
     return "\n".join(lines)
 
 
-def load_experiment(path: Path) -> ExperimentConfig:
-    """Read and validate one YAML file (safe loader only)."""
+def read_yaml(path: Path) -> dict[str, Any]:
+    """The raw mapping of one YAML file (safe loader only), with a one-line error for unreadable files."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -176,10 +178,45 @@ def load_experiment(path: Path) -> ExperimentConfig:
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of sections (model:, training:, ...), got {type(raw).__name__}")
     raw.setdefault("name", path.stem)
+    return raw
+
+
+def validate_experiment(raw: dict[str, Any], path: Path) -> ExperimentConfig:
     try:
         return ExperimentConfig.model_validate(raw)
     except ValidationError as err:
-        raise ConfigError(_format_validation_error(path, err)) from None
+        raise ConfigError(_format_validation_error(Path(path), err)) from None
+
+
+# Search dimensions (trainables/search.py samples them): a setting written as a one-key mapping such as
+# `learning_rate: {loguniform: [1.0e-5, 1.0e-3]}`. The fixed grid refuses them, so a search YAML never runs as
+# one fixed trial with a made-up value.
+DIMENSION_KINDS = ("loguniform", "uniform", "integer", "choice")
+
+
+def is_dimension(value: Any) -> bool:
+    return isinstance(value, dict) and any(kind in value for kind in DIMENSION_KINDS)
+
+
+def dimension_keys(raw: dict[str, Any]) -> list[str]:
+    """`section.key` of every search dimension in a raw experiment mapping."""
+    found = [name for name, value in raw.items() if is_dimension(value)]
+    for section, values in raw.items():
+        if isinstance(values, dict) and not is_dimension(values):
+            found += [f"{section}.{key}" for key, value in values.items() if is_dimension(value)]
+    return found
+
+
+def load_experiment(path: Path) -> ExperimentConfig:
+    """Read and validate one fixed experiment YAML (safe loader only)."""
+    raw = read_yaml(path)
+    searched = dimension_keys(raw)
+    if searched:
+        raise ConfigError(
+            f"{path}: {', '.join(searched)} {'is a search dimension' if len(searched) == 1 else 'are search dimensions'}, "
+            f"which the fixed grid does not sample; run `python tune_main7.py search {path} --samples N`, or write one "
+            "value (search YAMLs belong in search_spaces/search/)")
+    return validate_experiment(raw, path)
 
 
 def load_search_space(directory: Path, only: list[str] | None = None) -> list[ExperimentConfig]:

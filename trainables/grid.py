@@ -33,6 +33,7 @@ class GridPlan:
     metric: str = "competition_score"
     max_failures: int = 2
     keep_checkpoints: int = 1  # the N best by metric; Ray always keeps the latest too
+    search: dict[str, Any] | None = None  # a search (trainables.search): its config file, samples, dimensions
 
 
 def is_uri(path: Path | str) -> bool:
@@ -82,8 +83,10 @@ def _trainable(use_gpu: bool, trainable=None):
     return tune.with_resources(trainable, _planned_resources if use_gpu else trial_resources(use_gpu))
 
 
-def build_tuner(plan: GridPlan, trainable=None):
-    """The grid's Tuner. `trainable` replaces train_summarizer (tests schedule trivial trials with it)."""
+def build_tuner(plan: GridPlan, trainable=None, param_space=None, **search_options):
+    """The grid's Tuner. `trainable` replaces train_summarizer (tests schedule trivial trials with it).
+    A search (trainables.search) passes its own param_space and TuneConfig options (search_alg, scheduler,
+    num_samples, metric, mode); its search_alg limits concurrency itself."""
     from ray import tune
 
     from trainables.summaries import progress_reporter, run_callbacks, use_legacy_progress_output
@@ -92,9 +95,10 @@ def build_tuner(plan: GridPlan, trainable=None):
 
     return tune.Tuner(
         _trainable(plan.use_gpu, trainable),
-        param_space={"experiment": tune.grid_search(plan.experiments), "run": plan.run},
+        param_space=param_space or {"experiment": tune.grid_search(plan.experiments), "run": plan.run},
         tune_config=tune.TuneConfig(
-            max_concurrent_trials=plan.max_concurrent,
+            max_concurrent_trials=None if "search_alg" in search_options else plan.max_concurrent,
+            **search_options,
             trial_dirname_creator=_trial_dirname,
             trial_name_creator=_trial_dirname,  # the progress table and W&B runs show the config name
             reuse_actors=False,  # each trial its own process: GPU memory is freed between trials
@@ -104,7 +108,7 @@ def build_tuner(plan: GridPlan, trainable=None):
             storage_path=storage_location(plan.storage_path),
             # live summary (and W&B when asked) as trials report; our trial table instead of Ray's default
             callbacks=run_callbacks(experiment_location(plan), plan.metric, plan.run),
-            progress_reporter=progress_reporter(plan.metric),
+            progress_reporter=progress_reporter(plan.metric, (plan.search or {}).get("dimensions")),
             checkpoint_config=tune.CheckpointConfig(
                 num_to_keep=plan.keep_checkpoints,
                 checkpoint_score_attribute=plan.metric,
@@ -121,7 +125,8 @@ def write_marker(experiment_dir: Path | str, plan: GridPlan) -> None:
 
     text = json.dumps(
         {"name": plan.name, "mode": plan.run["mode"], "use_gpu": plan.use_gpu, "metric": plan.metric,
-         "experiments": [e["name"] for e in plan.experiments], "created": datetime.now().isoformat(timespec="seconds")},
+         "experiments": [e["name"] for e in plan.experiments], "created": datetime.now().isoformat(timespec="seconds"),
+         **({"kind": "search", **plan.search} if plan.search else {})},
         indent=1)
     if is_uri(experiment_dir):  # shared storage (s3://, gs://, ...): through pyarrow.fs, as Tune writes there
         import pyarrow.fs
@@ -160,7 +165,10 @@ def restore_tuner(experiment_dir: Path):
     use_legacy_progress_output()  # the restored RunConfig brings our progress reporter and callbacks back
     default_wandb_mode()
     marker = read_marker(experiment_dir) or {}
+    trainable = None
+    if marker.get("kind") == "search":  # the searcher's and the scheduler's state come back with the Tuner
+        from trainables.search import train_sampled as trainable
     return tune.Tuner.restore(
-        storage_location(experiment_dir), trainable=_trainable(marker.get("use_gpu", False)),
+        storage_location(experiment_dir), trainable=_trainable(marker.get("use_gpu", False), trainable),
         resume_errored=True, restart_errored=False,
     )

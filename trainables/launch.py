@@ -31,25 +31,30 @@ def count_local_gpus() -> int:
     return torch.cuda.device_count()
 
 
-def check_inputs(args) -> tuple[list[dict[str, Any]], list[str], dict[str, list[str]]]:
+def check_inputs(args, prepared=None) -> tuple[list[dict[str, Any]], list[str], dict[str, list[str]]]:
     """Validate configs and data for a mode; return the mode-applied experiments, warnings, and per
-    experiment what the mode changed."""
-    configs = load_search_space(Path(args.search_space), args.only)
-    errors, warnings = [], []
-    for cfg in configs:
-        e, w = static_problems(cfg)
-        errors += e
-        warnings += w
-    if errors:
-        raise ConfigError("\n".join(errors))
-    experiments, mode_changes = [], {}
-    for cfg in configs:
-        exp, mode_changes[cfg.name] = apply_mode(cfg, args.mode)  # each trial reports them (eff_mode_changes)
+    experiment what the mode changed. `prepared`: (experiments, warnings, mode_changes) already validated
+    and mode-applied by the caller (a search: trainables.search), instead of the grid's YAML folder."""
+    if prepared is None:
+        configs = load_search_space(Path(args.search_space), args.only)
+        errors, warnings = [], []
+        for cfg in configs:
+            e, w = static_problems(cfg)
+            errors += e
+            warnings += w
+        if errors:
+            raise ConfigError("\n".join(errors))
+        experiments, mode_changes = [], {}
+        for cfg in configs:
+            exp, mode_changes[cfg.name] = apply_mode(cfg, args.mode)  # each trial reports them (eff_mode_changes)
+            experiments.append(exp)
+    else:
+        experiments, warnings, mode_changes = prepared
+    for exp in experiments:
         tokenization = getattr(args, "tokenization", None)
         if tokenization and tokenization != exp["metric"]["tokenization"]:
             mode_changes[cfg.name].append(f"metric.tokenization: {exp['metric']['tokenization']} -> {tokenization} (--tokenization)")
             exp["metric"]["tokenization"] = tokenization
-        experiments.append(exp)
     morpheme = [e["name"] for e in experiments if e["metric"]["tokenization"] == "morpheme"]
     if morpheme and importlib.util.find_spec("kiwipiepy") is None:
         raise ConfigError(
@@ -91,11 +96,12 @@ def prepare_models(experiments: list[dict[str, Any]], mode: str, data_dir: Path,
     return models
 
 
-def plan_run(args) -> GridPlan:
+def plan_run(args, prepared=None) -> GridPlan:
+    """Everything decided before Ray starts; `prepared` as in check_inputs (a search's sampled config)."""
     from trainables.models import default_cache_dir
 
     fault = fault_from_env()  # testing hook; a bad value stops here, before anything is built
-    experiments, warnings, mode_changes = check_inputs(args)
+    experiments, warnings, mode_changes = check_inputs(args, prepared)
     for w in warnings:
         log.warning(w)
     use_gpu = (args.mode != "smoke" or getattr(args, "gpu", False)) and not args.allow_cpu
@@ -248,21 +254,25 @@ def start_ray(args, mode: str, use_gpu: bool) -> int:
     return int(ray.cluster_resources().get("GPU", 0))
 
 
-def run_grid(args) -> int:
+def run_grid(args, plan: GridPlan | None = None, make_tuner=None) -> int:
+    """Plan (unless given), start Ray, write the marker, fit, report. A search passes its plan and a
+    `make_tuner(plan)` that builds its Tuner (through grid.build_tuner)."""
     from trainables.grid import build_tuner, experiment_location, is_uri, write_marker
     from trainables.report import print_summary
 
-    plan = plan_run(args)
+    plan = plan or plan_run(args)
     gpus = start_ray(args, plan.run["mode"], plan.use_gpu)
     if plan.use_gpu and plan.max_concurrent is None:
         plan.max_concurrent = gpus  # --address: as many trials at once as the cluster has GPUs
     experiment_dir = experiment_location(plan)
     write_marker(experiment_dir, plan)
-    print(f"Experiment {plan.name}: {len(plan.experiments)} trials, mode {plan.run['mode']}, "
+    what = (f"search around {plan.experiments[0]['name']}, {plan.search['samples']} samples" if plan.search
+            else f"{len(plan.experiments)} trials")
+    print(f"Experiment {plan.name}: {what}, mode {plan.run['mode']}, "
           f"{('GPU shares from the plan' if plan.run.get('placement') and any(p['gpu'] < 1 for p in plan.run['placement'].values()) else '1 GPU') if plan.use_gpu else '1 CPU'} per trial, "
           f"up to {plan.max_concurrent} at once\n"
           f"Results: {experiment_dir}", flush=True)
-    tuner = build_tuner(plan)
+    tuner = (make_tuner or build_tuner)(plan)
     tuner.fit()
     if is_uri(experiment_dir):
         print(f"Results are in {experiment_dir}; `report` and `--resume latest` read a local or mounted path "

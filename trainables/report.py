@@ -151,11 +151,13 @@ def plot_curves(experiment_dir: Path, out_dir: Path | None = None, analysis=None
     out_dir.mkdir(parents=True, exist_ok=True)
     frames = analysis.trial_dataframes
     series = []  # (name, status, frame)
-    for trial in sorted(analysis.trials, key=lambda t: t.config["experiment"]["name"]):
+    names = [t.config["experiment"]["name"] for t in analysis.trials]
+    for trial in sorted(analysis.trials, key=lambda t: (t.config["experiment"]["name"], t.trial_id)):
         frame = frames.get(trial.trial_id)
         if frame is not None and len(frame) and "training_iteration" in frame:
             frame = frame.sort_values("training_iteration")
-        series.append((trial.config["experiment"]["name"], trial.status, frame))
+        name = trial.config["experiment"]["name"]
+        series.append((name if names.count(name) == 1 else f"{name} {trial.trial_id}", trial.status, frame))
     name = Path(experiment_dir).resolve().name
     panels = {
         "rouge.png": [("competition_score", "competition score (mean ROUGE F1 x 100)"), ("rouge1", "ROUGE-1 F1"),
@@ -207,6 +209,13 @@ def print_summary(experiment_dir: Path, metric: str = "competition_score", plots
     """Print the result table, the best trial and its checkpoint, and write the plots; return 0 when every
     trial finished, 1 otherwise."""
     analysis = load_analysis(experiment_dir, metric)
+    from trainables.grid import read_marker
+
+    marker = read_marker(experiment_dir) or {}
+    if marker.get("kind") == "search":  # ranked trials, best sampled values, metric against each setting
+        from trainables.search import print_search_summary
+
+        return print_search_summary(experiment_dir, marker, metric, analysis, plots)
     rows = trial_rows(experiment_dir, metric, analysis=analysis)
     print(f"\nResults of {experiment_dir} (best {metric} per trial, at best_epoch; scores are F1, "
           "competition_score = mean x 100; train_time_s and peak memory up to the last report)")

@@ -196,12 +196,15 @@ PROGRESS_METRICS = {"epoch": "epoch", "competition_score": "score", "rouge1": "R
 DEFAULT_WANDB_PROJECT = "dialogue-summarization-tune"
 
 
-def progress_reporter(metric: str = "competition_score"):
-    """Tune's trial table with the columns a person watches. Ray's new output engine (the default) ignores a
-    custom reporter, so `use_legacy_progress_output` must run in the driver before `fit()`."""
+def progress_reporter(metric: str = "competition_score", searched: dict[str, str] | None = None):
+    """Tune's trial table with the columns a person watches (and a search's sampled settings). Ray's new output
+    engine (the default) ignores a custom reporter, so `use_legacy_progress_output` must run in the driver
+    before `fit()`."""
     from ray.tune import CLIReporter
 
-    return CLIReporter(metric_columns=dict(PROGRESS_METRICS), parameter_columns={"experiment/name": "config"},
+    columns = {"experiment/name": "config",
+               **{f"experiment/{key.replace('.', '/')}": key.split(".")[-1] for key in searched or {}}}
+    return CLIReporter(metric_columns=dict(PROGRESS_METRICS), parameter_columns=columns,
                        max_report_frequency=30, metric=metric, mode=mode_of(metric), sort_by_metric=False,
                        max_progress_rows=20, print_intermediate_tables=True, max_column_length=32)
 

@@ -1,0 +1,284 @@
+"""`tune_main7.py search`: search dimensions in YAML, checked before Ray starts; Optuna + ASHA on the smoke
+stand-ins, with trials stopped early recorded as such; a killed search resumed without re-running trials.
+
+The fast tests need no Ray. The two searches (slow) run the KoBART baseline, the fastest config, for 2
+epochs with a learning rate that is either useless (1e-7) or works (5e-3), so ASHA has a poor trial to stop.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tests.conftest import ROOT, run_cli
+
+BASE = "01_baseline_kobart_rtx3090"
+EXAMPLE = ROOT / "search_spaces" / "search" / "kobart_baseline.yaml"
+
+
+def _search_yaml(folder: Path, body: str, name: str = "space") -> Path:
+    path = folder / f"{name}.yaml"
+    path.write_text(f"base: {ROOT / 'search_spaces' / (BASE + '.yaml')}\n{body}", encoding="utf-8")
+    return path
+
+
+# ---------------------------------------------------------------------------------------------------
+# Parsing and checking (no Ray)
+
+
+def test_example_search_space_parses_and_keeps_sampled_values_in_smoke():
+    from trainables.search import check_search_space, read_search_space, resolve_config
+
+    path = resolve_config("kobart_baseline", ROOT / "search_spaces")
+    assert path == EXAMPLE
+    space = read_search_space(path, ROOT / "search_spaces")
+    dims = {d.name: (d.kind, d.values) for d in space.dimensions}
+    assert dims == {
+        "training.learning_rate": ("loguniform", [1e-5, 1e-3]), "training.warmup_ratio": ("uniform", [0.0, 0.2]),
+        "qlora.lora_rank": ("choice", [16, 32, 64]), "qlora.lora_dropout": ("uniform", [0.0, 0.2]),
+        "generation.no_repeat_ngram_size": ("integer", [2, 4]),
+    }
+    assert space.name == "kobart_baseline" and space.raw["model"]["checkpoint"] == "digit82/kobart-summarization"
+    base, changes, _ = check_search_space(space, "smoke")
+    # smoke's limits change fixed values (epochs, lengths) but never a searched one (its lr floor, rank cap)
+    assert base["training"]["learning_rate"] == 1e-5 and base["qlora"]["lora_rank"] == 16
+    assert "training.num_train_epochs: 4 -> 3" in changes
+    assert not [c for c in changes if c.startswith(tuple(dims))]
+    full, full_changes, _ = check_search_space(space, "full")
+    assert full["training"]["num_train_epochs"] == 4 and full_changes == []
+
+
+def test_dimensions_become_tune_domains_with_the_documented_ends():
+    from ray.tune.search.sample import Categorical, Float, Integer
+
+    from trainables.search import Dimension
+
+    integer = Dimension("generation", "num_beams", "integer", [2, 4]).domain()
+    assert isinstance(integer, Integer) and (integer.lower, integer.upper) == (2, 5)  # our high end is included
+    log = Dimension("training", "learning_rate", "loguniform", [1e-5, 1e-3]).domain()
+    assert isinstance(log, Float) and "LogUniform" in type(log.get_sampler()).__name__
+    assert isinstance(Dimension("qlora", "lora_rank", "choice", [16, 32]).domain(), Categorical)
+
+
+BAD_SPACES = [
+    ("empty-range", "training:\n  learning_rate: {uniform: [1.0e-3, 1.0e-3]}\n", "range [0.001, 0.001] is empty"),
+    ("log-zero", "training:\n  learning_rate: {loguniform: [0, 1.0e-3]}\n", "includes zero"),
+    ("empty-choice", "qlora:\n  lora_rank: {choice: []}\n", "choice needs a non-empty list"),
+    ("unknown-key", "training:\n  learnin_rate: {loguniform: [1.0e-5, 1.0e-3]}\n", "training.learnin_rate: no such setting"),
+    ("unknown-section", "trainer:\n  lr: {uniform: [0.1, 0.2]}\n", "trainer.lr: no such setting"),
+    ("float-on-int", "qlora:\n  lora_rank: {uniform: [8, 64]}\n", "use {integer: [low, high]}"),
+    ("kind-typo", "training:\n  learning_rate: {log_uniform: [1.0e-5, 1.0e-3]}\n", "'log_uniform' is not a kind"),
+    ("end-out-of-schema", "qlora:\n  lora_rank: {integer: [8, 2048]}\n", "qlora.lora_rank=2048"),
+    ("cross-check", "generation:\n  max_length: {integer: [50, 400]}\n", "generation.max_length 400 is far above"),
+    ("no-dimension", "training:\n  learning_rate: 1.0e-4\n", "no search dimensions"),
+]
+
+
+def _main(capsys, *args: str) -> tuple[int, str]:
+    """The command line in this process (a subprocess per case costs seconds of imports); (exit code, stderr)."""
+    import sys as _sys
+
+    import ray
+
+    from tune_main7 import main
+
+    code = main(list(args))
+    assert not ray.is_initialized(), "Ray was started"
+    captured = capsys.readouterr()
+    _sys.stderr.write(captured.err)
+    return code, captured.err
+
+
+@pytest.mark.parametrize("body,expect", [(b, e) for _, b, e in BAD_SPACES], ids=[i for i, _, _ in BAD_SPACES])
+def test_bad_search_space_stops_before_ray(tmp_path, capsys, body, expect):
+    path = _search_yaml(tmp_path, body)
+    storage = tmp_path / "results"
+    code, err = _main(capsys, "search", str(path), "--samples", "2", "--storage-path", str(storage))
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and expect in lines[0], err
+    assert not storage.exists()  # nothing written
+
+
+@pytest.mark.parametrize("args,expect", [
+    (["--samples", "0"], "--samples 0"),
+    ([], "--samples N is required"),
+    (["--samples", "2", "--only", BASE], "--only"),
+])
+def test_bad_search_command_stops_before_ray(tmp_path, capsys, args, expect):
+    code, err = _main(capsys, "search", "kobart_baseline", *args, "--storage-path", str(tmp_path / "r"))
+    assert code == 2 and expect in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "r").exists()
+
+
+def test_samples_zero_through_the_real_command_line(tmp_path):
+    proc = run_cli("search", "kobart_baseline", "--samples", "0", "--storage-path", str(tmp_path / "r"), timeout=120)
+    assert proc.returncode == 2 and proc.stderr.strip() == "error: search: --samples 0: sample at least 1 config"
+    assert "--samples" in run_cli("--samples", "3", "--storage-path", str(tmp_path / "r"), timeout=120).stderr
+
+
+def test_fixed_grid_refuses_search_dimensions(tmp_path):
+    from trainables.config import load_search_space
+
+    assert len(load_search_space(ROOT / "search_spaces")) == 7  # search_spaces/search/ is not part of the grid
+    spaces = tmp_path / "spaces"
+    spaces.mkdir()
+    text = (ROOT / "search_spaces" / f"{BASE}.yaml").read_text(encoding="utf-8")
+    (spaces / f"{BASE}.yaml").write_text(text.replace("lora_rank: 64", "lora_rank: {choice: [16, 32]}"), encoding="utf-8")
+    proc = run_cli("check", "--search-space", str(spaces), timeout=120)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "qlora.lora_rank is a search dimension" in proc.stderr and "tune_main7.py search" in proc.stderr
+
+
+def test_trial_revalidates_its_sampled_config():
+    """A value the driver could not see (a sampled one) goes through the same schema inside the trial."""
+    from trainables.config import ConfigError, apply_mode, load_experiment
+    from trainables.search import train_sampled
+
+    exp, _ = apply_mode(load_experiment(ROOT / "search_spaces" / f"{BASE}.yaml"), "smoke")
+    exp["qlora"]["lora_rank"] = 0
+    with pytest.raises(ConfigError, match="qlora.lora_rank"):
+        train_sampled({"experiment": exp, "run": {}})
+    exp["qlora"]["lora_rank"], exp["qlora"]["target_modules"] = 8, ["wi"]
+    with pytest.raises(ConfigError, match="match no module"):
+        train_sampled({"experiment": exp, "run": {}})
+
+
+# ---------------------------------------------------------------------------------------------------
+# Real searches on the stand-ins (slow)
+
+SMOKE_SPACE = "training:\n  num_train_epochs: 2\n  learning_rate: {choice: [1.0e-7, 5.0e-3]}\n"
+
+
+def _trial_dirs(experiment_dir: Path) -> dict[str, Path]:
+    return {d.name.rsplit("_", 1)[-1]: d for d in experiment_dir.iterdir() if (d / "params.json").exists()}
+
+
+def _analysis(experiment_dir: Path):
+    from ray.tune import ExperimentAnalysis
+
+    return ExperimentAnalysis(str(experiment_dir), default_metric="competition_score", default_mode="max")
+
+
+@pytest.mark.slow
+def test_smoke_search_stops_poor_trials_early_and_reports_the_best(tmp_path, standin_cache):
+    path = _search_yaml(tmp_path, SMOKE_SPACE, "lr_search")
+    storage = tmp_path / "results"
+    started = time.time()
+    proc = run_cli("search", str(path), "--mode", "smoke", "--samples", "4", "--storage-path", str(storage),
+                   "--name", "search", "--cache-dir", str(standin_cache), timeout=1200)
+    print(f"search: {time.time() - started:.0f} s")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
+    experiment_dir = storage / "search"
+    marker = json.loads((experiment_dir / "tune_main7.json").read_text())
+    assert marker["kind"] == "search" and marker["samples"] == 4
+    assert marker["dimensions"] == {"training.learning_rate": "choice [1e-07, 0.005]"}
+
+    analysis = _analysis(experiment_dir)
+    assert len(analysis.trials) == 4 and {t.status for t in analysis.trials} == {"TERMINATED"}
+    dirs = _trial_dirs(experiment_dir)
+    stopped = {tid for tid, d in dirs.items() if (d / "stopped_early.json").exists()}
+    evaluations = {tid: len(pd.read_csv(d / "progress.csv")) for tid, d in dirs.items()}
+    assert stopped, f"ASHA stopped no trial: {evaluations}"
+    for tid in stopped:  # stopped at its first evaluation (the first rung), before its last one (epoch 2)
+        assert evaluations[tid] == 1, evaluations
+        assert json.loads((dirs[tid] / "stopped_early.json").read_text())["by"] == "ASHA"
+        assert not (dirs[tid] / "error.txt").exists()
+    assert any(n == 2 for tid, n in evaluations.items() if tid not in stopped), "some trial ran to its end"
+
+    # The trial really ran its sampled value, re-validated, with smoke's other limits on the fixed values.
+    lrs = {t.trial_id: t.config["experiment"]["training"]["learning_rate"] for t in analysis.trials}
+    assert set(lrs.values()) <= {1e-7, 5e-3}
+    # report: ranked rows, the best sampled values, the plot of the metric against the searched setting
+    proc = run_cli("report", str(experiment_dir), timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "STOPPED_EARLY" in proc.stdout and "Best sampled values: training.learning_rate=" in proc.stdout
+    best = analysis.get_best_trial("competition_score", "max", scope="all")
+    assert f"Best trial: {best.trial_id}" in proc.stdout
+    table = proc.stdout.split("Trials ranked by")[1].splitlines()
+    ranked = [line.split()[1] for line in table[3:3 + 4]]
+    assert ranked[0] == best.trial_id and sorted(ranked) == sorted(lrs)
+    assert (experiment_dir / "report" / "search.png").stat().st_size > 10_000
+    # predict's choice of checkpoint takes the best trial like any other experiment
+    from trainables.predict import best_checkpoint
+
+    _, checkpoint = best_checkpoint(experiment_dir)
+    assert Path(checkpoint).parent == dirs[best.trial_id] and (Path(checkpoint) / "trial_meta.json").is_file()
+
+
+@pytest.mark.slow
+def test_killed_search_resumes_without_rerunning_finished_trials(tmp_path, standin_cache):
+    path = _search_yaml(tmp_path, SMOKE_SPACE, "lr_search")
+    storage = tmp_path / "results"
+    experiment_dir = storage / "killed"
+    driver = subprocess.Popen(
+        [sys.executable, str(ROOT / "tune_main7.py"), "search", str(path), "--mode", "smoke", "--samples", "3",
+         "--max-concurrent", "1", "--storage-path", str(storage), "--name", "killed", "--cache-dir", str(standin_cache)],
+        cwd=ROOT, stdout=open(tmp_path / "driver.out", "w"), stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    deadline = time.time() + 900
+    try:  # kill once one trial has finished and the next has started
+        while time.time() < deadline and driver.poll() is None:
+            summaries = sorted(experiment_dir.glob("summary_*/experiment_summary.json")) if experiment_dir.is_dir() else []
+            try:
+                counts = json.loads(summaries[-1].read_text())["status_counts"] if summaries else {}
+            except ValueError:
+                counts = {}
+            if counts.get("TERMINATED", 0) >= 1 and len(_trial_dirs(experiment_dir)) >= 2:
+                break
+            time.sleep(0.5)
+        assert driver.poll() is None, "the search ended before it could be killed: " + \
+            (tmp_path / "driver.out").read_text()[-2000:]
+        assert time.time() < deadline, "no finished trial in time"
+        time.sleep(2)
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait(timeout=30)
+    before = {t.trial_id: (t.status, t.config["experiment"]["training"]["learning_rate"])
+              for t in _analysis(experiment_dir).trials}
+    finished = {tid for tid, (status, _) in before.items() if status == "TERMINATED"}
+    assert finished and len(before) < 3, before
+    rows_before = {tid: (d / "result.json").read_text() for tid, d in _trial_dirs(experiment_dir).items()
+                   if tid in finished}
+
+    proc = run_cli("search", "--resume", str(experiment_dir), "--storage-path", str(storage), timeout=1200)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert f"Resuming {experiment_dir}" in proc.stdout
+    after = _analysis(experiment_dir).trials
+    assert len(after) == 3, "the search continued to its 3 samples, no more"
+    assert {t.status for t in after} == {"TERMINATED"}
+    for tid, (_, lr) in before.items():  # the same trials, with the values they were sampled with
+        assert next(t for t in after if t.trial_id == tid).config["experiment"]["training"]["learning_rate"] == lr
+    for tid, text in rows_before.items():  # finished trials were not run again
+        assert (_trial_dirs(experiment_dir)[tid] / "result.json").read_text() == text
+    # The searcher came back with its state: Optuna's study knows every trial, each told once.
+    state = sorted(experiment_dir.glob("searcher-state-*.pkl"))[-1]
+    searcher = pickle.loads(state.read_bytes())
+    study = _find_study(searcher)
+    assert study is not None and len(study.trials) == 3
+    assert all(t.state.name == "COMPLETE" for t in study.trials), [t.state for t in study.trials]
+
+
+def _find_study(obj, depth: int = 0):
+    """Optuna's study inside Tune's pickled searcher state (SearchGenerator -> ConcurrencyLimiter -> OptunaSearch)."""
+    import optuna
+
+    if isinstance(obj, optuna.Study):
+        return obj
+    if depth > 6:
+        return None
+    children = obj.values() if isinstance(obj, dict) else (vars(obj).values() if hasattr(obj, "__dict__") else [])
+    for child in children:
+        found = _find_study(child, depth + 1)
+        if found is not None:
+            return found
+    return None

@@ -1,0 +1,538 @@
+"""A hyperparameter search around one experiment config: Optuna's TPE through Ray Tune's OptunaSearch, ASHA
+stopping poor trials at their evaluations, resumable like the grid.
+
+A search YAML is an experiment YAML in which some settings are search dimensions instead of values:
+
+    base: 01_baseline_kobart_rtx3090        # optional: start from this config (a name or a path)
+    training:
+      learning_rate: {loguniform: [1.0e-5, 1.0e-3]}   # float, sampled on a log scale; both ends > 0
+      warmup_ratio: {uniform: [0.0, 0.2]}             # float, uniform
+    qlora:
+      lora_rank: {choice: [16, 32, 64]}               # one of the listed values (numbers, strings, booleans)
+      lora_dropout: {uniform: [0.0, 0.2]}
+    generation:
+      num_beams: {integer: [2, 6]}                    # integer, both ends included
+
+Everything the driver can know is checked before Ray starts (trainables.launch's checks, plus here: each
+dimension's form, that its key is a setting of the schema that takes that kind of value, and the config with
+every combination of the dimensions' ends and choices, after the mode is applied). Each trial validates its
+sampled config again with the same schema before it trains (`train_sampled`).
+
+The mode's limits (smoke: epochs, lengths, batch, rank, a learning-rate floor) apply to the fixed values only:
+a searched setting is used as sampled, or the search would compare trials that all ran the same value.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+import logging
+import math
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, get_args
+
+from trainables.config import (
+    DIMENSION_KINDS, ConfigError, ExperimentConfig, apply_mode, is_dimension, mode_of, read_yaml,
+    static_problems, validate_experiment,
+)
+
+log = logging.getLogger("tune_main7")
+
+SEARCH_FOLDER = "search"  # search_spaces/search/: the grid reads search_spaces/*.yaml only, never this folder
+STOPPED_EARLY = "stopped_early.json"  # written into a trial's folder when ASHA stops it before its last evaluation
+# ASHA: a trial may be stopped from its first evaluation on; at each rung (evaluations 1, 3, 9, ...) only the top
+# third of the trials that reached it go on. max_t only caps; a trial's own epochs end it first.
+ASHA_GRACE_PERIOD = 1
+ASHA_REDUCTION_FACTOR = 3
+ASHA_MAX_T = 10_000
+MAX_CORNERS = 512  # combinations of the dimensions' ends checked before Ray starts; beyond, each dimension alone
+
+
+class SearchError(ConfigError):
+    """A search-space or search-command problem (a ConfigError: one line, exit 2)."""
+
+
+@dataclass
+class Dimension:
+    section: str
+    key: str
+    kind: str  # one of DIMENSION_KINDS
+    values: list[Any]  # [low, high] for ranges, the choices for `choice`
+
+    @property
+    def name(self) -> str:
+        return f"{self.section}.{self.key}"
+
+    def ends(self) -> list[Any]:
+        """What is checked before Ray starts: both ends of a range, every choice."""
+        return list(self.values)
+
+    def describe(self) -> str:
+        return f"{self.kind} {self.values}"
+
+    def domain(self):
+        from ray import tune
+
+        low, high = (self.values + [None, None])[:2]
+        if self.kind == "loguniform":
+            return tune.loguniform(low, high)
+        if self.kind == "uniform":
+            return tune.uniform(low, high)
+        if self.kind == "integer":
+            return tune.randint(low, high + 1)  # Tune's upper end is exclusive; ours is included
+        return tune.choice(list(self.values))
+
+
+@dataclass
+class SearchSpace:
+    path: Path
+    raw: dict[str, Any]  # the experiment mapping with the dimensions in it (base merged in)
+    dimensions: list[Dimension]
+
+    @property
+    def name(self) -> str:
+        return str(self.raw["name"])
+
+    def with_values(self, values: dict[str, Any]) -> dict[str, Any]:
+        raw = copy.deepcopy(self.raw)
+        for dim in self.dimensions:
+            raw[dim.section][dim.key] = values[dim.name]
+        return raw
+
+
+# ---------------------------------------------------------------------------------------------------
+# Reading and checking a search YAML
+
+
+def resolve_config(target: str | None, search_space_dir: Path) -> Path:
+    """A config name (search_spaces/search/NAME.yaml, then search_spaces/NAME.yaml) or a YAML path."""
+    if not target:
+        raise SearchError("search: name the config to search around: `tune_main7.py search <config name or YAML> --samples N`")
+    path = Path(target)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise SearchError(f"search: {target}: no such file; pass a YAML path or a config name")
+        return path
+    search_space_dir = Path(search_space_dir)
+    for folder in (search_space_dir / SEARCH_FOLDER, search_space_dir):
+        for suffix in (".yaml", ".yml"):
+            if (folder / f"{target}{suffix}").is_file():
+                return folder / f"{target}{suffix}"
+    known = sorted({p.stem for d in (search_space_dir / SEARCH_FOLDER, search_space_dir) if d.is_dir()
+                    for p in [*d.glob("*.yaml"), *d.glob("*.yml")]})
+    raise SearchError(f"search: unknown config {target!r}; use a YAML path or one of: {', '.join(known) or '(none)'}")
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """`over` on top of `base`, section by section (a dimension replaces the base's value)."""
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and not is_dimension(value) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _field(section: str, key: str):
+    """The schema's field for `section.key`, or None."""
+    section_field = ExperimentConfig.model_fields.get(section)
+    if section_field is None:
+        return None
+    model = section_field.annotation
+    fields = getattr(model, "model_fields", None)
+    return fields.get(key) if fields else None
+
+
+def _types_of(field) -> set[type]:
+    annotation = field.annotation
+    args = get_args(annotation)
+    return {a for a in (args or (annotation,)) if isinstance(a, type)}
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _dimension(path: Path, section: str, key: str, spec: dict[str, Any]) -> Dimension:
+    where = f"{path}: {section}.{key}"
+    kinds = [k for k in spec if k in DIMENSION_KINDS]
+    if len(spec) != 1 or len(kinds) != 1:
+        raise SearchError(f"{where}: a search dimension is one of {{{'|'.join(DIMENSION_KINDS)}: ...}} alone, got "
+                          f"{sorted(spec)}")
+    kind = kinds[0]
+    values = spec[kind]
+    field = _field(section, key)
+    if field is None:
+        known = sorted(getattr(ExperimentConfig.model_fields[section].annotation, "model_fields", {})) \
+            if section in ExperimentConfig.model_fields else []
+        hint = f"; settings of {section}: {', '.join(known)}" if known else \
+            f"; sections: {', '.join(ExperimentConfig.model_fields)}"
+        raise SearchError(f"{where}: no such setting, so it can't be searched{hint}")
+    types = _types_of(field)
+    if kind == "choice":
+        if not isinstance(values, list) or not values:
+            raise SearchError(f"{where}: choice needs a non-empty list of values, e.g. {{choice: [16, 32, 64]}}")
+        if not all(v is None or isinstance(v, (bool, int, float, str)) for v in values):
+            raise SearchError(f"{where}: choice values must be numbers, strings or booleans, got {values!r}")
+        return Dimension(section, key, kind, values)
+    if not isinstance(values, list) or len(values) != 2 or not all(_is_number(v) for v in values):
+        raise SearchError(f"{where}: {kind} needs [low, high] (two numbers), got {values!r}")
+    low, high = values
+    if not low < high:
+        raise SearchError(f"{where}: {kind} range [{low}, {high}] is empty; the low end must be below the high end")
+    if kind == "loguniform" and low <= 0:
+        raise SearchError(f"{where}: loguniform range [{low}, {high}] includes zero or less; a log scale needs "
+                          "both ends above 0 (use uniform to include 0)")
+    if kind == "integer":
+        if not all(isinstance(v, int) for v in values):
+            raise SearchError(f"{where}: integer needs whole-number ends, got {values!r}; use uniform for a float range")
+        if int not in types:
+            raise SearchError(f"{where}: this setting is not a whole number; use uniform or choice")
+        return Dimension(section, key, kind, [int(low), int(high)])
+    if float not in types:
+        what = "a whole number: use {integer: [low, high]}" if int in types else "not a number: use choice"
+        raise SearchError(f"{where}: {kind} samples floats, and this setting is {what}")
+    return Dimension(section, key, kind, [float(low), float(high)])
+
+
+def read_search_space(path: Path, search_space_dir: Path) -> SearchSpace:
+    """Parse a search YAML (merging its `base:` config) and check each dimension's form and key."""
+    path = Path(path)
+    raw = read_yaml(path)
+    explicit_name = "name" in raw and raw["name"] != path.stem
+    base = raw.pop("base", None)
+    if base is not None:
+        if not isinstance(base, str):
+            raise SearchError(f"{path}: base: expected a config name or YAML path, got {base!r}")
+        beside = path.parent / base
+        base_path = beside if beside.is_file() else resolve_config(base, search_space_dir)
+        if base_path.resolve() == path.resolve():
+            raise SearchError(f"{path}: base: names this file itself")
+        base_raw = read_yaml(base_path)
+        base_raw.pop("base", None)
+        raw = _merge(base_raw, raw)
+        if not explicit_name:
+            raw["name"] = path.stem
+    dimensions: list[Dimension] = []
+    for section, values in raw.items():
+        if is_dimension(values):
+            raise SearchError(f"{path}: {section}: a search dimension must be on one setting, not on a whole section")
+        if not isinstance(values, dict):
+            continue
+        for key, value in values.items():
+            if is_dimension(value):
+                dimensions.append(_dimension(path, section, key, value))
+            elif isinstance(value, dict) and len(value) == 1 and _field(section, key) is not None:
+                kind = next(iter(value))
+                raise SearchError(f"{path}: {section}.{key}: {kind!r} is not a kind of search dimension; use one of "
+                                  f"{', '.join(DIMENSION_KINDS)}")
+    if not dimensions:
+        raise SearchError(f"{path}: no search dimensions; mark at least one setting, e.g. "
+                          "learning_rate: {loguniform: [1.0e-5, 1.0e-3]} (see search_spaces/search/)")
+    return SearchSpace(path, raw, dimensions)
+
+
+def _corners(space: SearchSpace) -> list[dict[str, Any]]:
+    """Every combination of the dimensions' ends and choices (or, when there are too many, each dimension's ends
+    with the others at their first end)."""
+    names = [d.name for d in space.dimensions]
+    ends = [d.ends() for d in space.dimensions]
+    if math.prod(len(e) for e in ends) <= MAX_CORNERS:
+        return [dict(zip(names, combo)) for combo in itertools.product(*ends)]
+    first = {n: e[0] for n, e in zip(names, ends)}
+    return [first] + [{**first, n: v} for n, e in zip(names, ends) for v in e[1:]]
+
+
+def _one_line(message: str) -> str:
+    lines = [line.strip(" -") for line in message.splitlines() if line.strip()]
+    return "; ".join(lines)
+
+
+def sampled_experiment(raw: dict[str, Any], path: Path, mode: str, searched: list[Dimension]):
+    """Validate one sampled config like a fixed one and apply the mode to its fixed values; return
+    (the config as it will run, what the mode changed, warnings)."""
+    cfg = validate_experiment(raw, path)
+    errors, warnings = static_problems(cfg)
+    if errors:
+        raise ConfigError("; ".join(errors))
+    exp, changes = apply_mode(cfg, mode)
+    keep = {d.name for d in searched}
+    for dim in searched:  # a searched value is used as sampled, whatever the mode's limits
+        exp[dim.section][dim.key] = raw[dim.section][dim.key]
+    changes = [c for c in changes if c.split(":", 1)[0] not in keep]
+    try:
+        ExperimentConfig.model_validate(exp)
+    except Exception as err:
+        raise ConfigError(f"{path}: after --mode {mode}: {err}") from None
+    return exp, changes, warnings
+
+
+def check_search_space(space: SearchSpace, mode: str) -> tuple[dict[str, Any], list[str], list[str]]:
+    """Every combination of ends must validate; return the run's base experiment (mode applied, first
+    combination's values in the searched places), the mode's changes and the warnings."""
+    result = None
+    for values in _corners(space):
+        try:
+            checked = sampled_experiment(space.with_values(values), space.path, mode, space.dimensions)
+        except ConfigError as err:
+            assigned = ", ".join(f"{k}={v!r}" for k, v in values.items())
+            raise SearchError(f"{space.path}: with {assigned}: {_one_line(str(err)).removeprefix(f'{space.path}: ')}") \
+                from None
+        result = result or checked
+    return result
+
+
+# ---------------------------------------------------------------------------------------------------
+# The trial: re-validate what was sampled, then train like a grid trial
+
+
+def train_sampled(config: dict[str, Any]) -> None:
+    """Ray's trainable for a search: the sampled config passes the schema and the static checks again (the
+    driver checked the ends of each range; this checks the values really sampled), then trains."""
+    from pydantic import ValidationError
+
+    try:
+        cfg = ExperimentConfig.model_validate(config["experiment"])
+    except ValidationError as err:
+        raise ConfigError(f"sampled config is invalid: {_one_line(str(err))}") from None
+    errors, _ = static_problems(cfg)
+    if errors:
+        raise ConfigError(f"sampled config is invalid: {'; '.join(errors)}")
+    from trainables.seq2seq import train_summarizer
+
+    train_summarizer({**config, "experiment": cfg.model_dump()})
+
+
+# ---------------------------------------------------------------------------------------------------
+# The driver: Optuna + ASHA, through the grid's Tuner building blocks
+
+
+def _recording_asha(metric: str, **kwargs):
+    """ASHA that also writes STOPPED_EARLY into the folder of each trial it stops before that trial's last
+    evaluation, so that `report` tells "stopped early" from "finished" (Tune calls both TERMINATED)."""
+    from ray.tune.schedulers import ASHAScheduler, TrialScheduler
+
+    class RecordingASHA(ASHAScheduler):
+        def on_trial_result(self, tune_controller, trial, result):
+            decision = super().on_trial_result(tune_controller, trial, result)
+            if decision == TrialScheduler.STOP and not _last_evaluation(trial, result):
+                _write_stopped_early(trial, result, self._metric)
+            return decision
+
+    return RecordingASHA(metric=metric, mode=mode_of(metric), **kwargs)
+
+
+def _last_evaluation(trial, result: dict[str, Any]) -> bool:
+    epochs = trial.config.get("experiment", {}).get("training", {}).get("num_train_epochs")
+    epoch = result.get("epoch")
+    return epochs is not None and epoch is not None and float(epoch) >= float(epochs) - 1e-6
+
+
+def _write_stopped_early(trial, result: dict[str, Any], metric: str) -> None:
+    record = {"stopped_at_iteration": result.get("training_iteration"), "epoch": result.get("epoch"),
+              "step": result.get("step"), metric: result.get(metric), "by": "ASHA",
+              "time": datetime.now().isoformat(timespec="seconds")}
+    try:
+        folder = Path(trial.path)
+        if folder.is_dir():
+            (folder / STOPPED_EARLY).write_text(json.dumps(record, indent=1))
+    except Exception as err:  # a record must never stop the search
+        log.warning("could not record that %s stopped early: %s", trial.trial_id, err)
+
+
+def search_algorithm(metric: str, samples: int, max_concurrent: int, seed: int):
+    """OptunaSearch (TPE, seeded), wrapped in a ConcurrencyLimiter: at most `max_concurrent` trials at once."""
+    try:
+        import optuna
+    except ImportError:
+        raise SearchError("search needs optuna: pip install -e '.[search]'") from None
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.optuna import OptunaSearch
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # TPE samples at random until it has seen n_startup_trials results; few samples need a short start.
+    sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(2, min(10, samples // 3)))
+    return ConcurrencyLimiter(OptunaSearch(sampler=sampler), max_concurrent=max(1, max_concurrent))
+
+
+def search_name(space: SearchSpace, mode: str) -> str:
+    return f"search-{space.name}-{mode}-{datetime.now():%Y%m%d-%H%M%S}"
+
+
+def check_samples(samples: int | None) -> int:
+    if samples is None:
+        raise SearchError("search: --samples N is required (how many configs to sample, e.g. --samples 20)")
+    if samples < 1:
+        raise SearchError(f"search: --samples {samples}: sample at least 1 config")
+    return samples
+
+
+def run_search(args) -> int:
+    from trainables.grid import build_tuner
+    from trainables.launch import UsageError, plan_run, run_grid
+
+    if args.only:
+        raise UsageError("search: --only selects grid configs; name the one config to search around instead")
+    samples = check_samples(args.samples)
+    space = read_search_space(resolve_config(args.target, Path(args.search_space)), Path(args.search_space))
+    base, changes, warnings = check_search_space(space, args.mode)
+    args.name = args.name or search_name(space, args.mode)
+    plan = plan_run(args, prepared=([base], warnings, {space.name: changes}))
+    dimensions = {d.name: d.describe() for d in space.dimensions}
+    plan.search = {"config": str(space.path), "samples": samples, "dimensions": dimensions,
+                   "kinds": {d.name: d.kind for d in space.dimensions}}
+    for name, how in dimensions.items():
+        print(f"search: {name} ~ {how}", flush=True)
+
+    def make_tuner(plan):
+        from ray import tune
+
+        experiment = copy.deepcopy(plan.experiments[0])
+        for dim in space.dimensions:
+            experiment[dim.section][dim.key] = dim.domain()
+        seed = base["training"]["seed"] if "training.seed" not in dimensions else 0
+        return build_tuner(
+            plan, trainable=train_sampled, param_space={"experiment": experiment, "run": plan.run},
+            search_alg=search_algorithm(plan.metric, samples, plan.max_concurrent or 1, seed),
+            scheduler=_recording_asha(plan.metric, time_attr="training_iteration", grace_period=ASHA_GRACE_PERIOD,
+                                      reduction_factor=ASHA_REDUCTION_FACTOR, max_t=ASHA_MAX_T),
+            num_samples=samples,
+        )
+
+    return run_grid(args, plan, make_tuner)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Reading a search's results: ranked trials, best sampled values, metric against each searched setting
+
+
+def stopped_early(trial_dir: Path | str | None) -> dict[str, Any] | None:
+    if not trial_dir:
+        return None
+    path = Path(trial_dir) / STOPPED_EARLY
+    try:
+        return json.loads(path.read_text()) if path.is_file() else None
+    except ValueError:
+        return {}
+
+
+def sampled_values(config: dict[str, Any], dimensions: list[str]) -> dict[str, Any]:
+    exp = config.get("experiment", {})
+    return {name: exp.get(name.split(".")[0], {}).get(name.split(".")[1]) for name in dimensions}
+
+
+def search_rows(experiment_dir: Path, marker: dict[str, Any], metric: str, analysis) -> list[dict[str, Any]]:
+    """One row per trial, best first: status (STOPPED_EARLY for ASHA's), best metric, the sampled values."""
+    from trainables.report import number, trial_rows
+
+    dims = list(marker.get("dimensions", {}))
+    trials = {t.trial_id: t for t in analysis.trials}
+    rows = []
+    for row in trial_rows(experiment_dir, metric, analysis=analysis):
+        trial = trials[row["trial_id"]]
+        if row["status"] == "TERMINATED" and stopped_early(trial.path) is not None:
+            row["status"] = "STOPPED_EARLY"
+        row.update(sampled_values(trial.config, dims))
+        rows.append(row)
+    sign = -1 if mode_of(metric) == "max" else 1
+    rows.sort(key=lambda r: (number(r.get(metric)) is None, sign * (number(r.get(metric)) or 0.0)))
+    for rank, row in enumerate(rows, 1):
+        row["rank"] = rank if number(row.get(metric)) is not None else None
+    return rows
+
+
+def _short(name: str) -> str:
+    return name.split(".")[-1]
+
+
+def plot_search(experiment_dir: Path, rows: list[dict[str, Any]], marker: dict[str, Any], metric: str,
+                out_dir: Path | None = None) -> Path:
+    """search.png: the best `metric` of each trial against each searched setting (hollow: stopped early)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from trainables.report import number
+
+    dims = list(marker.get("dimensions", {}))
+    kinds = marker.get("kinds", {})
+    out_dir = Path(out_dir or Path(experiment_dir) / "report")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ncols = min(3, len(dims))
+    nrows = math.ceil(len(dims) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(5 * ncols, 4 * nrows + 0.8), squeeze=False)
+    scored = [r for r in rows if number(r.get(metric)) is not None]
+    best = scored[0] if scored else None
+    for ax, name in zip(axes.flat, dims):
+        categorical = kinds.get(name) == "choice"
+        labels = sorted({repr(r.get(name)) for r in scored}) if categorical else []
+        for early in (False, True):
+            pts = [r for r in scored if (r["status"] == "STOPPED_EARLY") == early]
+            xs = [labels.index(repr(r.get(name))) if categorical else r.get(name) for r in pts]
+            ax.scatter(xs, [r[metric] for r in pts], s=50, label="stopped early (ASHA)" if early else "ran to the end",
+                       facecolors="none" if early else "tab:blue", edgecolors="tab:blue")
+        if best is not None:
+            x = labels.index(repr(best.get(name))) if categorical else best.get(name)
+            ax.scatter([x], [best[metric]], marker="*", s=220, color="tab:red", label="best", zorder=3)
+        if categorical:
+            ax.set_xticks(range(len(labels)), labels)
+        elif kinds.get(name) == "loguniform":
+            ax.set_xscale("log")
+        ax.set_xlabel(name)
+        ax.set_ylabel(f"best {metric}")
+        ax.grid(True, alpha=0.3)
+    for ax in list(axes.flat)[len(dims):]:
+        ax.axis("off")
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=3, frameon=False)
+    fig.suptitle(f"{metric} against each searched setting — {Path(experiment_dir).resolve().name}", fontsize=12)
+    fig.tight_layout(rect=(0, 0.06, 1, 0.95))
+    path = out_dir / "search.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+SEARCH_COLUMNS = ["rank", "trial_id", "status", "evaluations", "best_epoch", "competition_score", "rouge1", "rouge2",
+                  "rougeL", "eval_loss", "train_time_s"]
+
+
+def print_search_summary(experiment_dir: Path, marker: dict[str, Any], metric: str, analysis, plots: bool = True) -> int:
+    """The `report` of a search: trials ranked by `metric`, the best sampled values, search.png."""
+    from trainables.report import best_trial_and_checkpoint, format_table, plot_curves
+
+    rows = search_rows(experiment_dir, marker, metric, analysis)
+    dims = list(marker.get("dimensions", {}))
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r["status"]] = counts.get(r["status"], 0) + 1
+    print(f"\nSearch {experiment_dir}: around {', '.join(marker.get('experiments', []))} ({marker.get('config')}), "
+          f"{len(rows)} of {marker.get('samples')} samples, " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+    for name, how in marker.get("dimensions", {}).items():
+        print(f"  {name} ~ {how}")
+    print(f"Trials ranked by best {metric} (STOPPED_EARLY: ASHA stopped it at a poor evaluation)")
+    columns = SEARCH_COLUMNS[:5] + ([metric] if metric not in SEARCH_COLUMNS else []) + SEARCH_COLUMNS[5:] + dims
+    print(format_table(rows, columns))
+    best, checkpoint = best_trial_and_checkpoint(analysis, metric)
+    if best is not None:
+        values = sampled_values(best.config, dims)
+        print(f"Best trial: {best.trial_id}  {metric}={next((r[metric] for r in rows if r['trial_id'] == best.trial_id), None)}"
+              f"  checkpoint: {checkpoint or '-'}")
+        print("Best sampled values: " + ", ".join(f"{k}={v!r}" for k, v in values.items()))
+    else:
+        print(f"Best trial: none yet (no trial has reported {metric})")
+    if plots:
+        try:
+            print(f"Plot: {plot_search(experiment_dir, rows, marker, metric)}")
+            for path in plot_curves(experiment_dir, analysis=analysis):
+                print(f"Plot: {path}")
+        except Exception as err:  # a plot must never hide the table
+            print(f"(plots not written: {type(err).__name__}: {err})")
+    done = rows and len(rows) >= int(marker.get("samples") or 0) and \
+        all(r["status"] in ("TERMINATED", "STOPPED_EARLY") for r in rows)
+    return 0 if done else 1
