@@ -57,16 +57,19 @@ def test_example_search_space_parses_and_keeps_sampled_values_in_smoke():
     assert full["training"]["num_train_epochs"] == 4 and full_changes == []
 
 
-def test_dimensions_become_tune_domains_with_the_documented_ends():
-    from ray.tune.search.sample import Categorical, Float, Integer
+def test_dimensions_become_optuna_distributions_with_the_documented_ends():
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
     from trainables.search import Dimension
 
-    integer = Dimension("generation", "num_beams", "integer", [2, 4]).domain()
-    assert isinstance(integer, Integer) and (integer.lower, integer.upper) == (2, 5)  # our high end is included
-    log = Dimension("training", "learning_rate", "loguniform", [1e-5, 1e-3]).domain()
-    assert isinstance(log, Float) and "LogUniform" in type(log.get_sampler()).__name__
-    assert isinstance(Dimension("qlora", "lora_rank", "choice", [16, 32]).domain(), Categorical)
+    integer = Dimension("generation", "num_beams", "integer", [2, 4]).distribution()
+    assert isinstance(integer, IntDistribution) and (integer.low, integer.high) == (2, 4)  # both ends included
+    log = Dimension("training", "learning_rate", "loguniform", [1e-5, 1e-3]).distribution()
+    assert isinstance(log, FloatDistribution) and log.log and (log.low, log.high) == (1e-5, 1e-3)
+    assert not Dimension("training", "warmup_ratio", "uniform", [0.0, 0.2]).distribution().log
+    choice = Dimension("qlora", "lora_rank", "choice", [16, 32]).distribution()
+    assert isinstance(choice, CategoricalDistribution) and choice.choices == (16, 32)
+    assert Dimension("qlora", "lora_rank", "choice", [16]).config_key == "experiment/qlora/lora_rank"
 
 
 BAD_SPACES = [

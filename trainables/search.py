@@ -47,7 +47,7 @@ STOPPED_EARLY = "stopped_early.json"  # written into a trial's folder when ASHA 
 # third of the trials that reached it go on. max_t only caps; a trial's own epochs end it first.
 ASHA_GRACE_PERIOD = 1
 ASHA_REDUCTION_FACTOR = 3
-ASHA_MAX_T = 10_000
+ASHA_MAX_T = 1000
 MAX_CORNERS = 512  # combinations of the dimensions' ends checked before Ray starts; beyond, each dimension alone
 
 
@@ -73,17 +73,22 @@ class Dimension:
     def describe(self) -> str:
         return f"{self.kind} {self.values}"
 
-    def domain(self):
-        from ray import tune
+    def distribution(self):
+        """Optuna's distribution for this dimension (OptunaSearch gets them directly: Tune's own conversion of a
+        param_space flattens every key, and the run's models table is keyed by hub ids such as "org/model")."""
+        from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
-        low, high = (self.values + [None, None])[:2]
-        if self.kind == "loguniform":
-            return tune.loguniform(low, high)
-        if self.kind == "uniform":
-            return tune.uniform(low, high)
+        if self.kind == "choice":
+            return CategoricalDistribution(list(self.values))
+        low, high = self.values
         if self.kind == "integer":
-            return tune.randint(low, high + 1)  # Tune's upper end is exclusive; ours is included
-        return tune.choice(list(self.values))
+            return IntDistribution(low, high)  # both ends included
+        return FloatDistribution(low, high, log=self.kind == "loguniform")
+
+    @property
+    def config_key(self) -> str:
+        """Where the sampled value goes in the trial config (OptunaSearch unflattens "/")."""
+        return f"experiment/{self.section}/{self.key}"
 
 
 @dataclass
@@ -344,19 +349,26 @@ def _write_stopped_early(trial, result: dict[str, Any], metric: str) -> None:
         log.warning("could not record that %s stopped early: %s", trial.trial_id, err)
 
 
-def search_algorithm(metric: str, samples: int, max_concurrent: int, seed: int):
-    """OptunaSearch (TPE, seeded), wrapped in a ConcurrencyLimiter: at most `max_concurrent` trials at once."""
-    try:
-        import optuna
-    except ImportError:
-        raise SearchError("search needs optuna: pip install -e '.[search]'") from None
+def require_optuna() -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("optuna") is None:
+        raise SearchError("search needs optuna, which is not installed: pip install -e '.[search]'")
+
+
+def search_algorithm(space: SearchSpace, metric: str, samples: int, max_concurrent: int, seed: int):
+    """OptunaSearch (TPE, seeded) over the space's dimensions, wrapped in a ConcurrencyLimiter: at most
+    `max_concurrent` trials at once."""
+    import optuna
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     # TPE samples at random until it has seen n_startup_trials results; few samples need a short start.
     sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(2, min(10, samples // 3)))
-    return ConcurrencyLimiter(OptunaSearch(sampler=sampler), max_concurrent=max(1, max_concurrent))
+    searcher = OptunaSearch({d.config_key: d.distribution() for d in space.dimensions}, metric=metric,
+                            mode=mode_of(metric), sampler=sampler)
+    return ConcurrencyLimiter(searcher, max_concurrent=max(1, max_concurrent))
 
 
 def search_name(space: SearchSpace, mode: str) -> str:
@@ -378,6 +390,7 @@ def run_search(args) -> int:
     if args.only:
         raise UsageError("search: --only selects grid configs; name the one config to search around instead")
     samples = check_samples(args.samples)
+    require_optuna()
     space = read_search_space(resolve_config(args.target, Path(args.search_space)), Path(args.search_space))
     base, changes, warnings = check_search_space(space, args.mode)
     args.name = args.name or search_name(space, args.mode)
@@ -391,13 +404,12 @@ def run_search(args) -> int:
     def make_tuner(plan):
         from ray import tune
 
-        experiment = copy.deepcopy(plan.experiments[0])
-        for dim in space.dimensions:
-            experiment[dim.section][dim.key] = dim.domain()
+        # The fixed values; OptunaSearch's samples are merged over the searched ones (here their first ends).
+        param_space = {"experiment": plan.experiments[0], "run": plan.run}
         seed = base["training"]["seed"] if "training.seed" not in dimensions else 0
         return build_tuner(
-            plan, trainable=train_sampled, param_space={"experiment": experiment, "run": plan.run},
-            search_alg=search_algorithm(plan.metric, samples, plan.max_concurrent or 1, seed),
+            plan, trainable=train_sampled, param_space=param_space,
+            search_alg=search_algorithm(space, plan.metric, samples, plan.max_concurrent or 1, seed),
             scheduler=_recording_asha(plan.metric, time_attr="training_iteration", grace_period=ASHA_GRACE_PERIOD,
                                       reduction_factor=ASHA_REDUCTION_FACTOR, max_t=ASHA_MAX_T),
             num_samples=samples,
