@@ -468,6 +468,7 @@ def plot_search(experiment_dir: Path, rows: list[dict[str, Any]], marker: dict[s
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator, NullFormatter
 
     from trainables.report import number
 
@@ -482,7 +483,9 @@ def plot_search(experiment_dir: Path, rows: list[dict[str, Any]], marker: dict[s
     best = scored[0] if scored else None
     for ax, name in zip(axes.flat, dims):
         categorical = kinds.get(name) == "choice"
-        labels = sorted({repr(r.get(name)) for r in scored}) if categorical else []
+        values = {r.get(name) for r in scored}
+        numeric = all(_is_number(v) for v in values)
+        labels = [repr(v) for v in sorted(values, key=lambda v: (v if numeric else str(v)))] if categorical else []
         for early in (False, True):
             pts = [r for r in scored if (r["status"] == "STOPPED_EARLY") == early]
             xs = [labels.index(repr(r.get(name))) if categorical else r.get(name) for r in pts]
@@ -495,6 +498,9 @@ def plot_search(experiment_dir: Path, rows: list[dict[str, Any]], marker: dict[s
             ax.set_xticks(range(len(labels)), labels)
         elif kinds.get(name) == "loguniform":
             ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(NullFormatter())  # labels on the decades only: minor ones overlap
+        elif kinds.get(name) == "integer":
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel(name)
         ax.set_ylabel(f"best {metric}")
         ax.grid(True, alpha=0.3)

@@ -22,6 +22,7 @@ from typing import Any
 from ray.tune import Callback
 
 from trainables.report import TABLE_COLUMNS, format_table, mode_of, number, summarize_results
+from trainables.search import stopped_early
 
 LOG_COLUMNS = ("epoch", "step", "competition_score", "rouge1", "rouge2", "rougeL", "eval_loss", "train_loss",
                "elapsed_s", "peak_gpu_mem_gb")
@@ -102,8 +103,11 @@ class ExperimentSummaryCallback(Callback):
         rows = []
         for trial in sorted(trials, key=_name):
             results = [r for _, r in sorted(self._history(trial).items())]
+            status = self._status.get(trial.trial_id, trial.status)
+            if status == "TERMINATED" and stopped_early(trial.path) is not None:
+                status = "STOPPED_EARLY"  # a search's ASHA stopped it (trainables.search); not an error
             row = {"name": _name(trial), "model": trial.config["experiment"].get("model", {}).get("checkpoint"),
-                   "status": self._status.get(trial.trial_id, trial.status), "trial_id": trial.trial_id,
+                   "status": status, "trial_id": trial.trial_id,
                    **summarize_results(results, self.metric), "path": trial.path}
             if trial.trial_id in self._errors:
                 row["error"] = self._errors[trial.trial_id]
