@@ -55,7 +55,8 @@ def _remove(rel: str) -> Callable[[Path, Path], None]:
 
 def _empty_spaces(spaces: Path, data: Path) -> None:
     for f in spaces.iterdir():
-        f.unlink()
+        if f.is_file():  # search_spaces/search/ stays: the grid never reads it, so the folder is still empty
+            f.unlink()
 
 
 def _missing_spaces(spaces: Path, data: Path) -> None:

@@ -395,6 +395,13 @@ def run_search(args) -> int:
     base, changes, warnings = check_search_space(space, args.mode)
     args.name = args.name or search_name(space, args.mode)
     plan = plan_run(args, prepared=([base], warnings, {space.name: changes}))
+    placed = (plan.run.get("placement") or {}).get(space.name)
+    if plan.use_gpu and placed and placed["gpu"] < 1 and not args.max_concurrent:
+        # The packing plan fits several of this config on one card (forecast for its fixed values, the searched
+        # ones at their first end; a sampled trial past its memory cap backs off its batch like any OOM).
+        from trainables.launch import count_local_gpus
+
+        plan.max_concurrent = max(1, int(count_local_gpus() / placed["gpu"]))
     dimensions = {d.name: d.describe() for d in space.dimensions}
     plan.search = {"config": str(space.path), "samples": samples, "dimensions": dimensions,
                    "kinds": {d.name: d.kind for d in space.dimensions}}
