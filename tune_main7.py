@@ -44,24 +44,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("command", nargs="?", default="run", choices=COMMANDS, help="what to do (default: run)")
     parser.add_argument("target", nargs="?", help="report/predict: the experiment folder (default: the latest); "
                         "search: the config to search around (a name in search_spaces/search/ or search_spaces/, or a YAML path)")
-    parser.add_argument("--mode", default="smoke", choices=MODES,
-                        help="smoke: offline stand-ins on CPU; quick: real models, 1 epoch; full: real models")
+    parser.add_argument("--mode", choices=MODES,
+                        help="smoke (default): offline stand-ins on CPU; quick: real models, 1 epoch; full: real models")
     parser.add_argument("--resume", nargs="?", const="latest", metavar="DIR",
                         help="continue an interrupted experiment (default: the latest under --storage-path)")
     parser.add_argument("--search-space", default=str(HERE / "search_spaces"), help="folder of experiment YAMLs")
     parser.add_argument("--only", nargs="+", metavar="NAME", help="run only these experiments")
-    parser.add_argument("--data-dir", default=str(HERE / "data"), help="folder with train.csv, dev.csv, test.csv")
+    parser.add_argument("--data-dir", help="folder with train.csv, dev.csv, test.csv (default: data/; predict: the "
+                                            "folder the experiment trained on)")
     parser.add_argument("--storage-path", default=str(HERE / "ray_results"),
                         help="where Tune writes results: a folder (shared/mounted on a cluster) or a URI such as s3://bucket/x")
-    parser.add_argument("--name", help="experiment folder name (default: main7-<mode>-<timestamp>)")
+    parser.add_argument("--name", help="experiment folder name, new (default: main7-<mode>-<timestamp>-<random>)")
     parser.add_argument("--cache-dir", help="where stand-in models are built (default: ~/.cache/tune_main7)")
-    parser.add_argument("--metric", default="competition_score",
-                        choices=METRICS,
-                        help="chooses the best checkpoint of each trial and the best trial")
+    parser.add_argument("--metric", choices=METRICS,
+                        help="chooses the best checkpoint of each trial and the best trial (run: default "
+                             "competition_score; report/predict: default the metric the experiment ran with)")
     parser.add_argument("--tokenization", choices=("whitespace", "morpheme"),
                         help="ROUGE tokenization for every experiment (default: each YAML's metric.tokenization, "
                              "whitespace unless set)")
-    parser.add_argument("--max-concurrent", type=int, help="trials at once (default: the GPUs, the cluster's with --address, or CPUs in smoke)")
+    parser.add_argument("--max-concurrent", type=_positive_int, help="trials at once (default: the GPUs, the cluster's with --address, or CPUs in smoke)")
     parser.add_argument("--max-failures", type=int, default=2, help="retries of a failed trial from its checkpoint")
     parser.add_argument("--keep-checkpoints", type=_positive_int, default=1, metavar="N",
                         help="per trial, keep the N best checkpoints by --metric plus always the latest "
@@ -86,7 +87,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--samples", type=int, metavar="N", help="search: how many configs to sample and train")
     parser.add_argument("--checkpoint", help="predict: this checkpoint folder instead of the best trial's best")
     parser.add_argument("--out", help="predict: the submission CSV (default: <experiment>/submission.csv)")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.resume is not None:  # a resumed run keeps what it started with: a flag that can't apply is an error
+        for flag, value in (("--mode", args.mode), ("--max-concurrent", args.max_concurrent)):
+            if value is not None:
+                parser.exit(2, f"error: {flag} can't be changed on --resume (the experiment keeps the settings it "
+                               f"started with); drop {flag}, or start a new run without --resume\n")
+    args.mode = args.mode or "smoke"
+    if args.command != "predict":  # predict: the folder the experiment trained on
+        args.data_dir = args.data_dir or str(HERE / "data")
+    if args.command not in ("report", "predict") and args.resume is None:
+        args.metric = args.metric or "competition_score"
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -125,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
                 target = None  # a named checkpoint needs no experiment; --out defaults to the current folder
             out = Path(args.out) if args.out else (target or Path.cwd()) / "submission.csv"
             try:
-                predict(target, args.checkpoint, out, Path(args.data_dir), args.metric)
+                predict(target, args.checkpoint, out, Path(args.data_dir) if args.data_dir else None, args.metric)
             except PredictError as err:
                 return launch.fail(str(err))
             return 0

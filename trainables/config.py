@@ -175,6 +175,9 @@ def read_yaml(path: Path) -> dict[str, Any]:
         where = getattr(err, "problem_mark", None)
         at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
         raise ConfigError(f"{path}: YAML syntax error{at}: {getattr(err, 'problem', err)}") from None
+    if raw is None:
+        raise ConfigError(f"{path}: file is empty; write an experiment (sections model:, tokenizer:, training:, "
+                          "generation:, qlora:; see search_spaces/README.md) or delete the file")
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of sections (model:, training:, ...), got {type(raw).__name__}")
     raw.setdefault("name", path.stem)

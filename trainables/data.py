@@ -36,8 +36,9 @@ class Split:
     dropped: int  # rows dropped for an empty dialogue or summary
 
 
-def read_split(data_dir: Path, split: str) -> Split:
-    """Read and check one of train/dev/test."""
+def read_split(data_dir: Path, split: str, warn: bool = True) -> Split:
+    """Read and check one of train/dev/test. `warn=False` where the driver already warned about dropped rows
+    (the trials, the stand-in builder), so each file's warning prints once per run."""
     path = Path(data_dir) / f"{split}.csv"
     if not path.is_file():
         raise DataError(
@@ -60,6 +61,15 @@ def read_split(data_dir: Path, split: str) -> Split:
             f"{path}: missing column(s) {', '.join(missing)}; found {', '.join(map(str, frame.columns))}. "
             f"Expected {', '.join(REQUIRED_COLUMNS[split])}"
         )
+    if split == "test":  # a submission needs exactly one row per fname
+        names = frame["fname"].fillna("").str.strip()
+        if (names == "").any():
+            rows = ", ".join(str(i + 2) for i in frame.index[names == ""][:5])
+            raise DataError(f"{path}: empty fname on line(s) {rows}; every test dialogue needs its id")
+        duplicated = sorted(set(names[names.duplicated()]))
+        if duplicated:
+            raise DataError(f"{path}: duplicate fname value(s) {', '.join(duplicated[:5])}; a submission needs one "
+                            "row per fname")
     text_columns = [c for c in ("dialogue", "summary") if c in REQUIRED_COLUMNS[split]]
     keep = pd.Series(True, index=frame.index)
     for column in text_columns:
@@ -69,19 +79,20 @@ def read_split(data_dir: Path, split: str) -> Split:
     if frame.empty:
         raise DataError(f"{path}: no rows with a non-empty {' and '.join(text_columns)}; fill those columns in, "
                         "or point --data-dir at the competition's files")
-    if dropped:
+    if dropped and warn:
         log.warning("%s: dropped %d row(s) with an empty or missing %s", path, dropped, " or ".join(text_columns))
     return Split(split, path, frame, dropped)
 
 
 def check_data_dir(data_dir: Path) -> dict[str, Split]:
-    """Read train and dev before any trial starts (test.csv is read by `predict`)."""
-    return {s: read_split(data_dir, s) for s in ("train", "dev")}
+    """Read train and dev before any trial starts, and test.csv when it is there (`predict` needs it)."""
+    splits = [s for s in ("train", "dev", "test") if s != "test" or (Path(data_dir) / "test.csv").exists()]
+    return {s: read_split(data_dir, s) for s in splits}
 
 
 def training_texts(data_dir: Path) -> list[str]:
     """All text a stand-in tokenizer is trained on: train dialogues and summaries."""
-    train = read_split(data_dir, "train").frame
+    train = read_split(data_dir, "train", warn=False).frame
     return [*train["dialogue"].tolist(), *train["summary"].tolist()]
 
 

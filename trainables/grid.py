@@ -52,7 +52,10 @@ def experiment_location(plan: "GridPlan") -> str:
 
 
 def experiment_name(mode: str) -> str:
-    return f"{EXPERIMENT_PREFIX}-{mode}-{datetime.now():%Y%m%d-%H%M%S}"
+    """A new default name: timestamp plus a random suffix, so two runs started in the same second differ."""
+    import os
+
+    return f"{EXPERIMENT_PREFIX}-{mode}-{datetime.now():%Y%m%d-%H%M%S}-{os.urandom(3).hex()}"
 
 
 def trial_resources(use_gpu: bool) -> dict[str, float]:
@@ -125,7 +128,8 @@ def write_marker(experiment_dir: Path | str, plan: GridPlan) -> None:
 
     text = json.dumps(
         {"name": plan.name, "mode": plan.run["mode"], "use_gpu": plan.use_gpu, "metric": plan.metric,
-         "experiments": [e["name"] for e in plan.experiments], "created": datetime.now().isoformat(timespec="seconds"),
+         "experiments": [e["name"] for e in plan.experiments], "data_dir": plan.run.get("data_dir"),
+         "created": datetime.now().isoformat(timespec="seconds"),
          **({"kind": "search", **plan.search} if plan.search else {})},
         indent=1)
     if is_uri(experiment_dir):  # shared storage (s3://, gs://, ...): through pyarrow.fs, as Tune writes there

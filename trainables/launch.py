@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -66,9 +67,15 @@ def check_inputs(args, prepared=None) -> tuple[list[dict[str, Any]], list[str], 
                  "lr >= %g; each trial reports what it changed (eff_mode_changes)", SMOKE_LIMITS["encoder_max_len"],
                  SMOKE_LIMITS["decoder_max_len"], SMOKE_LIMITS["num_train_epochs"], SMOKE_LIMITS["num_beams"],
                  SMOKE_LIMITS["lora_rank"], SMOKE_LIMITS["min_learning_rate"])
-    check_data_dir(Path(args.data_dir))
+    check_data_dir(Path(args.data_dir))  # train and dev; test.csv too when it is there
     if not (Path(args.data_dir) / "test.csv").exists():
         warnings.append(f"{Path(args.data_dir) / 'test.csv'} not found: training runs, `predict` will need it")
+    if args.mode != "smoke":  # stand-ins replace the checkpoints in smoke mode
+        from trainables.models import checkpoint_problem
+
+        problems = [f"{e['name']}: {p}" for e in experiments if (p := checkpoint_problem(e["model"]["checkpoint"]))]
+        if problems:
+            raise ConfigError("\n".join(problems))
     return experiments, warnings, mode_changes
 
 
@@ -119,6 +126,8 @@ def plan_run(args, prepared=None) -> GridPlan:
                 "to run the real models on the CPU (very slow)."
             )
         max_concurrent = args.max_concurrent or gpus
+    name = args.name or experiment_name(args.mode)
+    check_outputs(args, name)  # before any stand-in is built or Ray starts
     data_dir = Path(args.data_dir).resolve()
     models = prepare_models(experiments, args.mode, data_dir, Path(args.cache_dir or default_cache_dir()))
     run = {
@@ -137,7 +146,7 @@ def plan_run(args, prepared=None) -> GridPlan:
     check_no_secrets(run, "the trials' `run` config")
     return GridPlan(
         experiments=experiments, run=run, storage_path=storage_arg(args.storage_path),
-        name=args.name or experiment_name(args.mode), use_gpu=use_gpu, max_concurrent=max_concurrent,
+        name=name, use_gpu=use_gpu, max_concurrent=max_concurrent,
         metric=args.metric, max_failures=args.max_failures,
         keep_checkpoints=getattr(args, "keep_checkpoints", None) or 1,
     )
@@ -166,6 +175,68 @@ def preflight(args, experiments: list[dict[str, Any]], run: dict[str, Any], use_
     if fc.packed and not args.max_concurrent:
         max_concurrent = len(experiments)  # Ray's GPU fractions decide how many run at once
     return experiments, max_concurrent
+
+
+def writable_problem(path: Path, what: str, flag: str) -> str | None:
+    """Why files can't be written under `path` (a folder, created if missing), or None. Probes with a real
+    temporary file in the nearest existing folder, so /proc, read-only mounts and a file in the way all count;
+    leaves nothing behind."""
+    import tempfile
+
+    path = Path(path).expanduser().absolute()
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{flag} {path}: {existing} is a file, not a folder, so the {what} can't go there; pick another {flag}"
+    try:
+        fd, probe = tempfile.mkstemp(dir=existing, prefix=".tune_main7-write-test-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        return (f"{flag} {path}: can't write the {what} there ({err.strerror or type(err).__name__} in {existing}); "
+                f"pick a writable {flag}")
+    return None
+
+
+def check_outputs(args, name: str) -> None:
+    """Every place a run writes, checked before anything is built or Ray starts; an existing experiment is never
+    written into (its trials would vanish from report, predict and --resume)."""
+    from trainables.grid import read_marker
+    from trainables.models import default_cache_dir
+
+    problems = []
+    if not is_uri(args.storage_path):
+        problems.append(writable_problem(Path(args.storage_path), "results", "--storage-path"))
+    if args.mode == "smoke":
+        problems.append(writable_problem(Path(args.cache_dir or default_cache_dir()), "stand-in models", "--cache-dir"))
+    problems = [p for p in problems if p]
+    if problems:
+        raise UsageError("\n".join(problems))
+    location = storage_location(args.storage_path).rstrip("/") + "/" + name
+    ours = read_marker(location) is not None if is_uri(location) or Path(location).is_dir() else False
+    if ours:
+        raise UsageError(f"--name {name}: the experiment {location} already exists; continue it with "
+                         f"`python tune_main7.py --resume {location}`, or pick another --name")
+    if not is_uri(location) and Path(location).exists():
+        raise UsageError(f"--name {name}: {location} already exists and is not an experiment of ours; "
+                         "pick another --name (or --storage-path)")
+
+
+def claim_experiment(location: str) -> bool:
+    """Create the experiment folder, failing if another run made it first (atomic on a local path); return
+    whether it is ours to remove should the run stop before Tune writes anything."""
+    if is_uri(location):
+        return False
+    try:
+        Path(location).parent.mkdir(parents=True, exist_ok=True)
+        Path(location).mkdir()
+    except FileExistsError:
+        raise UsageError(f"{location} was just created by another run; continue it with "
+                         f"`python tune_main7.py --resume {location}`, or pick another --name") from None
+    except OSError as err:
+        raise UsageError(f"--storage-path: can't create {location} ({err.strerror}); pick a writable --storage-path") from None
+    return True
 
 
 FAULT_ENV = "TUNE_MAIN7_FAULT"  # testing hook, not for users: JSON for run["fault"] (see seq2seq.InjectFault)
@@ -258,32 +329,100 @@ def run_grid(args, plan: GridPlan | None = None, make_tuner=None) -> int:
     """Plan (unless given), start Ray, write the marker, fit, report. A search passes its plan and a
     `make_tuner(plan)` that builds its Tuner (through grid.build_tuner)."""
     from trainables.grid import build_tuner, experiment_location, is_uri, write_marker
-    from trainables.report import print_summary
 
     plan = plan or plan_run(args)
-    gpus = start_ray(args, plan.run["mode"], plan.use_gpu)
+    experiment_dir = experiment_location(plan)
+    created = claim_experiment(experiment_dir)  # two runs can't share a folder, even started in the same second
+    try:
+        write_marker(experiment_dir, plan)
+        gpus = start_ray(args, plan.run["mode"], plan.use_gpu)
+    except BaseException:
+        if created:  # nothing of Tune's there yet: leave no half-made experiment behind
+            import shutil
+
+            shutil.rmtree(experiment_dir, ignore_errors=True)
+        raise
     if plan.use_gpu and plan.max_concurrent is None:
         plan.max_concurrent = gpus  # --address: as many trials at once as the cluster has GPUs
-    experiment_dir = experiment_location(plan)
-    write_marker(experiment_dir, plan)
     what = (f"search around {plan.experiments[0]['name']}, {plan.search['samples']} samples" if plan.search
             else f"{len(plan.experiments)} trials")
     print(f"Experiment {plan.name}: {what}, mode {plan.run['mode']}, "
           f"{('GPU shares from the plan' if plan.run.get('placement') and any(p['gpu'] < 1 for p in plan.run['placement'].values()) else '1 GPU') if plan.use_gpu else '1 CPU'} per trial, "
           f"up to {plan.max_concurrent} at once\n"
           f"Results: {experiment_dir}", flush=True)
-    tuner = (make_tuner or build_tuner)(plan)
-    tuner.fit()
+    return fit_until_done_or_stopped((make_tuner or build_tuner)(plan), experiment_dir, plan.metric)
+
+
+def fit_until_done_or_stopped(tuner, experiment_dir: Path | str, metric: str) -> int:
+    """Tuner.fit() with Ctrl-C, SIGTERM and SIGHUP all meaning "stop gracefully": Tune stops the trials and saves
+    the experiment state, the summary is written, and the console says how to resume. Exit code: 0 when every
+    trial finished, 1 when some did not, 128 + the signal's number when stopped (130 Ctrl-C, 143 SIGTERM, 129 SIGHUP)."""
+    from trainables.report import print_summary
+
+    received = stop_on_signals()
+    try:
+        tuner.fit()
+    except KeyboardInterrupt:  # a second signal, or one before Tune's loop began: state as of the last save
+        received = received or [signal.SIGINT]
+    finally:
+        restore_default_signals()
+    if received:
+        print(f"\nStopped by {signal.Signals(received[0]).name}: trials stopped, experiment state saved", flush=True)
     if is_uri(experiment_dir):
         print(f"Results are in {experiment_dir}; `report` and `--resume latest` read a local or mounted path "
               f"(`--resume {experiment_dir}` works from any node)", flush=True)
-        return 0
-    return print_summary(Path(experiment_dir), plan.metric)
+        code = 0
+    else:
+        try:
+            code = print_summary(Path(experiment_dir), metric)
+        except Exception as err:  # a run stopped before its first trial: no results to show
+            print(f"(no summary: {type(err).__name__}: {err})", flush=True)
+            code = 1
+    if received or code:
+        print(f"Resume with: python tune_main7.py --resume {experiment_dir}", flush=True)
+    return 128 + received[0] if received else code
+
+
+STOP_SIGNALS = tuple(getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, n))
+
+
+def stop_on_signals() -> list[int]:
+    """Route SIGINT, SIGTERM and SIGHUP to Tune's graceful stop (its SIGUSR1 handler, installed while fit() runs);
+    a second signal stops at once. Installed after ray.init, whose C-level SIGTERM handler aborts the driver
+    without saving anything. Returns the list the received signals are appended to."""
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # our handler serves Ctrl-C too, so all three act alike
+    logging.getLogger("ray.tune.tune").addFilter(_NoRestoreHint())
+    received: list[int] = []
+
+    def handler(signum, frame):
+        first = not received
+        received.append(signum)
+        tune_stop = signal.getsignal(signal.SIGUSR1) if hasattr(signal, "SIGUSR1") else None
+        if first and callable(tune_stop):
+            tune_stop(signum, frame)
+        else:
+            raise KeyboardInterrupt
+
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, handler)
+    return received
+
+
+def restore_default_signals() -> None:
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL)
+
+
+class _NoRestoreHint:
+    """Drops Tune's "Resume experiment with: Tuner.restore(...)": our --resume line replaces it."""
+
+    def filter(self, record) -> bool:
+        return "Tuner.restore(" not in record.getMessage()
 
 
 def resume_grid(args) -> int:
     from trainables.grid import read_marker, restore_tuner
-    from trainables.report import latest_experiment, print_summary
+    from trainables.report import latest_experiment
 
     if args.resume in (None, "latest") and is_uri(args.storage_path):
         raise UsageError(f"--resume latest needs a local or mounted --storage-path; with {args.storage_path} "
@@ -303,13 +442,14 @@ def resume_grid(args) -> int:
     if not tune.Tuner.can_restore(storage_location(target)):
         raise UsageError(f"{target} has no Tune state to resume (the run stopped before its first trial was "
                          "scheduled); start a new run instead")
+    if not is_uri(target):
+        problem = writable_problem(Path(target), "results", "--resume")
+        if problem:
+            raise UsageError(problem)
     print(f"Resuming {target}", flush=True)
     start_ray(args, marker["mode"], marker["use_gpu"])
-    restore_tuner(target).fit()
-    if isinstance(target, str):
-        print(f"Results are in {target}", flush=True)
-        return 0
-    return print_summary(target, marker.get("metric", "competition_score"))
+    return fit_until_done_or_stopped(restore_tuner(target), target,
+                                     getattr(args, "metric", None) or marker.get("metric", "competition_score"))
 
 
 def not_an_experiment(target: Path | None, asked: object) -> str | None:

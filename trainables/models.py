@@ -159,8 +159,32 @@ def default_cache_dir() -> Path:
     return Path(base) / "tune_main7"
 
 
+def checkpoint_problem(checkpoint: str) -> str | None:
+    """Why `model.checkpoint` can be neither a local folder nor a hub id, or None (no download, no network)."""
+    path = Path(checkpoint).expanduser()
+    if path.is_dir():
+        return None if (path / "config.json").exists() else (
+            f"model.checkpoint {checkpoint}: a folder without config.json, not a saved Hugging Face model; "
+            "point it at the folder save_pretrained wrote")
+    looks_like_path = checkpoint.startswith(("/", "./", "../", "~")) or "\\" in checkpoint or checkpoint.count("/") > 1
+    if looks_like_path:
+        return (f"model.checkpoint {checkpoint}: no such folder ({path.absolute()}); fix the path, or use a hub id "
+                "such as digit82/kobart-summarization")
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(checkpoint)
+    except HFValidationError:
+        return (f"model.checkpoint {checkpoint!r}: neither a folder on disk nor a valid hub id (owner/name, letters, "
+                "digits, - _ .); fix the folder path or the id")
+    return None
+
+
 def check_real_model(checkpoint: str) -> str:
     """Return a path or hub id that `from_pretrained` can load, or raise ModelUnavailable saying why."""
+    problem = checkpoint_problem(checkpoint)
+    if problem:  # not the hub's "Repo id must be ..." with a download hint for a filesystem path
+        raise ModelUnavailable(problem)
     if Path(checkpoint).is_dir():
         if not (Path(checkpoint) / "config.json").exists():
             raise ModelUnavailable(f"{checkpoint} is a folder without config.json, not a saved Hugging Face model")

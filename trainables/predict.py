@@ -25,15 +25,36 @@ class PredictError(RuntimeError):
     """Something the user must fix before predicting (no checkpoint yet, a folder that isn't one)."""
 
 
-def best_checkpoint(experiment_dir: Path, metric: str = "competition_score") -> tuple[str, str]:
-    """(the best trial's config name, its best checkpoint folder) of an experiment."""
-    from trainables.report import best_trial_and_checkpoint, load_analysis
+def best_checkpoint(experiment_dir: Path, metric: str | None = None) -> tuple[str, str]:
+    """(the best trial's config name, its best checkpoint folder on disk) of an experiment, ranked by `metric`
+    (None: the metric the experiment ran with); says which metric, and why, on the console."""
+    from trainables.report import best_trial_and_checkpoint, experiment_metric, load_analysis
 
-    best, checkpoint = best_trial_and_checkpoint(load_analysis(experiment_dir, metric), metric)
+    metric, why = experiment_metric(experiment_dir, metric)
+    best, checkpoint, note = best_trial_and_checkpoint(load_analysis(experiment_dir, metric), metric)
+    if note:
+        print(f"Note: {note}", flush=True)
     if best is None or checkpoint is None:
-        raise PredictError(f"{experiment_dir}: no trial has reported {metric} with a checkpoint yet; "
+        raise PredictError(f"{experiment_dir}: no trial has a kept checkpoint with {metric} yet; "
                            "wait for the first evaluation, or pass --checkpoint")
+    print(f"Best trial by {metric} ({why}): {best.config['experiment']['name']}", flush=True)
     return best.config["experiment"]["name"], checkpoint
+
+
+def trained_data_dir(experiment_dir: Path | None, checkpoint: Path) -> Path | None:
+    """The data folder the experiment trained on: from its marker, else from the trial's params.json."""
+    from trainables.grid import read_marker
+
+    try:
+        if experiment_dir is not None and (read_marker(experiment_dir) or {}).get("data_dir"):
+            return Path(read_marker(experiment_dir)["data_dir"])
+        params = Path(checkpoint).resolve().parent / "params.json"
+        if params.is_file():
+            found = json.loads(params.read_text(encoding="utf-8")).get("run", {}).get("data_dir")
+            return Path(found) if found else None
+    except (OSError, ValueError, AttributeError):
+        return None
+    return None
 
 
 def read_meta(checkpoint: Path) -> dict[str, Any]:
@@ -76,9 +97,17 @@ def load_for_inference(checkpoint: Path, meta: dict[str, Any]):
     return model, tokenizer
 
 
-def predict(experiment_dir: Path | None, checkpoint: str | None, out: Path, data_dir: Path,
-            metric: str = "competition_score", batch_size: int | None = None) -> Path:
-    """Write `out` (fname,summary; one row per test dialogue, UTF-8) and return its path."""
+def predict(experiment_dir: Path | None, checkpoint: str | None, out: Path, data_dir: Path | None = None,
+            metric: str | None = None, batch_size: int | None = None) -> Path:
+    """Write `out` (fname,summary; one row per test dialogue, UTF-8) and return its path. `data_dir` None: the
+    folder the experiment trained on; `metric` None: the one it ran with."""
+    from trainables.launch import writable_problem
+
+    out = Path(out)
+    problem = (f"--out {out}: is a folder; name the CSV file to write" if out.is_dir()
+               else writable_problem(out.parent, "submission", "--out"))
+    if problem:  # before any model is loaded or summary generated
+        raise PredictError(problem)
     import pandas as pd
     from transformers.utils import logging as hf_logging
 
@@ -97,16 +126,17 @@ def predict(experiment_dir: Path | None, checkpoint: str | None, out: Path, data
         if experiment_dir is None:
             raise PredictError("no experiment found; pass the experiment folder or --checkpoint")
         name, checkpoint = best_checkpoint(experiment_dir, metric)
-        print(f"Best trial by {metric}: {name}\nCheckpoint: {checkpoint}", flush=True)
+        print(f"Checkpoint: {checkpoint}", flush=True)
     checkpoint_dir = Path(checkpoint)
     if not checkpoint_dir.is_dir():
         raise PredictError(f"{checkpoint}: not a folder")
     meta = read_meta(checkpoint_dir)
     exp = meta["experiment"]
-    read_split(data_dir, "test")  # checks the file, with a clear message
+    if data_dir is None:
+        data_dir = trained_data_dir(experiment_dir, checkpoint_dir) or Path(__file__).resolve().parents[1] / "data"
+    read_split(data_dir, "test")  # checks the file (columns, empty and duplicate fname), with a clear message
     test = pd.read_csv(Path(data_dir) / "test.csv", encoding="utf-8", dtype=str, keep_default_na=False)
-    if test["fname"].duplicated().any():
-        raise DataError(f"{Path(data_dir) / 'test.csv'}: duplicate fname values; a submission needs one row each")
+    print(f"Test dialogues: {Path(data_dir) / 'test.csv'} ({len(test)} rows)", flush=True)
     model, tokenizer = load_for_inference(checkpoint_dir, meta)
     dialogues = test["dialogue"].fillna("").tolist()
     todo = [i for i, d in enumerate(dialogues) if d.strip()]
@@ -120,7 +150,6 @@ def predict(experiment_dir: Path | None, checkpoint: str | None, out: Path, data
     if empty:
         log.warning("%d of %d summaries are empty (%d test dialogues are empty)", empty, len(summaries),
                     len(dialogues) - len(todo))
-    out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     pd.DataFrame({"fname": test["fname"], "summary": summaries}).to_csv(out, index=False, encoding="utf-8")
     print(f"Wrote {len(summaries)} rows to {out}", flush=True)

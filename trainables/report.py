@@ -119,18 +119,57 @@ def format_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
 
 
 def best_trial_and_checkpoint(analysis, metric: str = "competition_score"):
-    """(best trial, its best checkpoint path or None); (None, None) while no trial has reported `metric`."""
+    """(best trial, its best checkpoint on disk by `metric` or None, a note or None); (None, None, None) while no
+    trial has reported `metric`. Only a checkpoint folder that exists is named: when the best evaluation's own
+    checkpoint was not kept (Tune keeps them ranked by the run's metric), the note says so and names what is
+    kept, and the best kept one is returned."""
     try:
         best = analysis.get_best_trial(metric=metric, mode=mode_of(metric), scope="all")
     except Exception:  # no trial reported the metric yet
         best = None
     if best is None:
+        return None, None, None
+    checkpoint, note = kept_checkpoint(Path(best.path), _frame_results(analysis.trial_dataframes.get(best.trial_id)),
+                                       metric)
+    return best, checkpoint, note
+
+
+def kept_checkpoint(trial_dir: Path, results: list[dict[str, Any]], metric: str) -> tuple[str | None, str | None]:
+    """(the trial's best checkpoint folder by `metric` among those on disk, or None; a note when the best
+    evaluation's checkpoint is not among them)."""
+    kept = {p.name: p for p in Path(trial_dir).glob("checkpoint_*") if p.is_dir()}
+    scored = [r for r in results if number(r.get(metric)) is not None and r.get("checkpoint_dir_name")]
+    if not scored:
         return None, None
+    pick = min if mode_of(metric) == "min" else max
+    best = pick(scored, key=lambda r: number(r[metric]))
+    if best["checkpoint_dir_name"] in kept:
+        return str(kept[best["checkpoint_dir_name"]]), None
+    on_disk = [r for r in scored if r["checkpoint_dir_name"] in kept]
+    names = ", ".join(f"{r['checkpoint_dir_name']} (epoch {_fmt(_plain(r.get('epoch')))}, {metric} "
+                      f"{_fmt(number(r[metric]))})" for r in sorted(on_disk, key=lambda r: r["checkpoint_dir_name"]))
+    note = (f"the best {metric} evaluation (epoch {_fmt(_plain(best.get('epoch')))}, {best['checkpoint_dir_name']}) "
+            f"was not kept: this run kept its checkpoints by another metric; kept: {names or 'none'}")
+    if not on_disk:
+        return None, note
+    chosen = pick(on_disk, key=lambda r: number(r[metric]))
+    return str(kept[chosen["checkpoint_dir_name"]]), note + f"; using {chosen['checkpoint_dir_name']}"
+
+
+def experiment_metric(experiment_dir: Path, asked: str | None) -> tuple[str, str]:
+    """(the metric report/predict rank by, and why): --metric when given, else the one the run used."""
+    from trainables.grid import read_marker
+
     try:
-        checkpoint = analysis.get_best_checkpoint(best, metric=metric, mode=mode_of(metric))
-    except Exception:
-        checkpoint = None
-    return best, (checkpoint.path if checkpoint else None)
+        recorded = (read_marker(experiment_dir) or {}).get("metric")
+    except (OSError, ValueError):
+        recorded = None
+    if asked:
+        kept = f"; checkpoints were kept by {recorded}" if recorded and recorded != asked else ""
+        return asked, f"--metric{kept}"
+    if recorded:
+        return recorded, "the metric this experiment ran with"
+    return "competition_score", "the default"
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -205,9 +244,10 @@ def plot_curves(experiment_dir: Path, out_dir: Path | None = None, analysis=None
 # The `report` command
 
 
-def print_summary(experiment_dir: Path, metric: str = "competition_score", plots: bool = True) -> int:
+def print_summary(experiment_dir: Path, metric: str | None = None, plots: bool = True) -> int:
     """Print the result table, the best trial and its checkpoint, and write the plots; return 0 when every
-    trial finished, 1 otherwise."""
+    trial finished, 1 otherwise. `metric` None: the one the experiment ran with."""
+    metric, why = experiment_metric(experiment_dir, metric)
     analysis = load_analysis(experiment_dir, metric)
     from trainables.grid import read_marker
 
@@ -217,12 +257,15 @@ def print_summary(experiment_dir: Path, metric: str = "competition_score", plots
 
         return print_search_summary(experiment_dir, marker, metric, analysis, plots)
     rows = trial_rows(experiment_dir, metric, analysis=analysis)
-    print(f"\nResults of {experiment_dir} (best {metric} per trial, at best_epoch; scores are F1, "
-          "competition_score = mean x 100; train_time_s and peak memory up to the last report)")
+    print(f"\nResults of {experiment_dir}, ranked by {metric} ({why}): best {metric} per trial, at best_epoch; "
+          "scores are F1, competition_score = mean x 100; train_time_s and peak memory up to the last report")
     print(format_table(rows, TABLE_COLUMNS))
-    best, checkpoint = best_trial_and_checkpoint(analysis, metric)
+    best, checkpoint, note = best_trial_and_checkpoint(analysis, metric)
     if best is not None:
-        print(f"Best trial: {best.config['experiment']['name']} ({best.trial_id})  checkpoint: {checkpoint or '-'}")
+        if note:
+            print(f"Note: {note}")
+        print(f"Best trial: {best.config['experiment']['name']} ({best.trial_id}) by {metric}  "
+              f"checkpoint: {checkpoint or '-'}")
     else:
         print(f"Best trial: none yet (no trial has reported {metric})")
     if plots:

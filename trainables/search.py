@@ -372,7 +372,9 @@ def search_algorithm(space: SearchSpace, metric: str, samples: int, max_concurre
 
 
 def search_name(space: SearchSpace, mode: str) -> str:
-    return f"search-{space.name}-{mode}-{datetime.now():%Y%m%d-%H%M%S}"
+    import os
+
+    return f"search-{space.name}-{mode}-{datetime.now():%Y%m%d-%H%M%S}-{os.urandom(3).hex()}"  # never two alike
 
 
 def check_samples(samples: int | None) -> int:

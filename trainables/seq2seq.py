@@ -235,9 +235,9 @@ def run_trial(config: dict[str, Any], report: Report, resume_from: str | None = 
     tok_cfg = exp["tokenizer"]
     tokenizer = load_tokenizer(run["model_path"], tok_cfg["special_tokens"])
     data_dir = Path(run["data_dir"])
-    train = tokenize_split(read_split(data_dir, "train").frame, tokenizer, tok_cfg["input_prefix"],
+    train = tokenize_split(read_split(data_dir, "train", warn=False).frame, tokenizer, tok_cfg["input_prefix"],
                            tok_cfg["encoder_max_len"], tok_cfg["decoder_max_len"])
-    dev_frame = read_split(data_dir, "dev").frame
+    dev_frame = read_split(data_dir, "dev", warn=False).frame  # the driver warned
     dev = tokenize_split(dev_frame, tokenizer, tok_cfg["input_prefix"], tok_cfg["encoder_max_len"], tok_cfg["decoder_max_len"])
     compute_metrics = _compute_metrics_fn(exp, tokenizer, dev_frame["summary"].tolist())
     _InOrderEvalTrainer = _in_order_eval_trainer()

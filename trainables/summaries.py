@@ -249,17 +249,18 @@ def run_callbacks(experiment_dir: str | Path, metric: str, run: dict[str, Any]) 
     experiment_dir = local_dir
     settings = wandb_settings(run)
     if settings:
-        from ray.air.integrations.wandb import WandbLoggerCallback
-
         os.environ["WANDB_MODE"] = settings["mode"]  # read by the callback's key check in the driver
         os.environ.setdefault("WANDB_DIR", str(experiment_dir))
         os.environ.setdefault("WANDB_SILENT", "true")
         where = Path(experiment_dir) / "wandb"
         print(f"W&B: project {settings['project']}, {settings['mode']}, one run per trial, files in {where}"
               + ("; upload later with `wandb sync <run folder>`" if settings["mode"] == "offline" else ""), flush=True)
-        callbacks.append(WandbLoggerCallback(
+        from trainables.wandb_logging import SafeWandbLoggerCallback  # imports wandb: only when asked
+
+        callbacks.append(SafeWandbLoggerCallback(
             project=settings["project"], group=Path(experiment_dir).name, log_config=False,
             excludes=["eff_notes", "eff_unsloth_reason", "eff_model_source"],
             mode=settings["mode"], dir=str(experiment_dir),  # passed on to wandb.init in each trial's logger
         ))
     return callbacks
+

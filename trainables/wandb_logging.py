@@ -1,0 +1,82 @@
+"""Ray's WandbLoggerCallback without its secret leak.
+
+Ray's callback copies WANDB_API_KEY into its logging actor's `runtime_env`, and Ray's runtime_env agent writes
+that in plain text into `<ray temp>/session_*/logs/runtime_env_agent.log`. Here the actor gets no secret in its
+runtime_env: it takes the key from its own environment (a local Ray inherits the driver's) or, on a cluster whose
+processes were started by `ray start`, from a private 0600 file that the driver writes on its own node (Ray pins
+the logging actors to the driver's node) and removes when the experiment ends. Only the file's path travels.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import tempfile
+from pathlib import Path
+
+from ray.air.integrations.wandb import WandbLoggerCallback, _WandbLoggingActor
+
+KEY = "WANDB_API_KEY"
+
+
+def write_key_file() -> str | None:
+    """The driver's W&B key in a fresh 0600 file (None without a key); removed at exit."""
+    key = os.environ.get(KEY)
+    if not key:
+        return None
+    folder = tempfile.mkdtemp(prefix="tune_main7-wandb-")  # 0700
+    path = Path(folder) / "key"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(key)
+    atexit.register(remove_key_file, str(path))
+    return str(path)
+
+
+def remove_key_file(path: str | None) -> None:
+    if not path:
+        return
+    for p in (Path(path), Path(path).parent):
+        try:
+            p.unlink() if p.is_file() else p.rmdir()
+        except OSError:
+            pass
+
+
+class KeyFileLoggingActor(_WandbLoggingActor):
+    """The logging actor: the key from its environment, else from the driver's key file."""
+
+    def __init__(self, *args, key_file: str | None = None, **kwargs):
+        if key_file and not os.environ.get(KEY):
+            try:
+                os.environ[KEY] = Path(key_file).read_text().strip()
+            except OSError:
+                pass  # W&B then says it has no key: offline mode, or `wandb login` on this node
+        super().__init__(*args, **kwargs)
+
+
+class SafeWandbLoggerCallback(WandbLoggerCallback):
+    _logger_actor_cls = KeyFileLoggingActor
+
+    def setup(self, *args, **kwargs):
+        super().setup(*args, **kwargs)
+        self._key_file = write_key_file()
+
+    def _start_logging_actor(self, trial, exclude_results, **wandb_init_kwargs):
+        # Ray reads the key from os.environ when it first defines the actor class: hide it for that moment.
+        saved = os.environ.pop(KEY, None)
+        try:
+            super()._start_logging_actor(trial, exclude_results, key_file=getattr(self, "_key_file", None),
+                                         **wandb_init_kwargs)
+        finally:
+            if saved is not None:
+                os.environ[KEY] = saved
+
+    def on_experiment_end(self, trials, **info):
+        super().on_experiment_end(trials, **info)
+        remove_key_file(getattr(self, "_key_file", None))
+
+    def __getstate__(self):  # pickled into tuner.pkl: never the key file's path of a past run
+        state = self.__dict__.copy()
+        state.pop("_key_file", None)
+        return state
