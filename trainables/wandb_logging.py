@@ -73,6 +73,13 @@ class SafeWandbLoggerCallback(WandbLoggerCallback):
                 os.environ[KEY] = saved
 
     def on_experiment_end(self, trials, **info):
+        # A stopped run (Ctrl-C, SIGTERM) ends no trial, so Ray never tells their logging actors to finish and
+        # waits its whole upload timeout (30 min) for them: tell them now.
+        for trial in list(getattr(self, "_trial_queues", {})):
+            try:
+                self._signal_logging_actor_stop(trial=trial)
+            except Exception:
+                pass
         super().on_experiment_end(trials, **info)
         remove_key_file(getattr(self, "_key_file", None))
 
