@@ -127,6 +127,17 @@ class MetricSection(_Section):
     best_metric: Literal["competition_score", "rouge1", "rouge2", "rougeL", "eval_loss"] = "competition_score"
 
 
+class SpeedSection(_Section):
+    """The speed-ups of trainables/speed.py; `speed: off` (or `enabled: false`) is the plain Seq2SeqTrainer path."""
+
+    enabled: bool = True
+    fast_eval: bool = True  # generate from a merged half-precision copy, longest dialogues first, larger batches
+    micro_batch: bool = True  # larger micro-batch, less accumulation, same effective batch (GPU only)
+    tf32: bool = True
+    memory_gib: float = Field(default=20.0, gt=0)  # GPU memory cap per trial while speed-ups are on
+    max_eval_rows: int = Field(default=256, gt=0)  # most dialogues per generation batch
+
+
 class ExperimentConfig(_Section):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100)
     description: str = ""
@@ -136,6 +147,12 @@ class ExperimentConfig(_Section):
     generation: GenerationSection
     qlora: QLoraSection
     metric: MetricSection = Field(default_factory=MetricSection)
+    speed: SpeedSection = Field(default_factory=SpeedSection)
+
+    @field_validator("speed", mode="before")
+    @classmethod
+    def _speed_switch(cls, value: Any) -> Any:
+        return {"enabled": value} if isinstance(value, bool) else value  # `speed: off` / `speed: false`
 
     @model_validator(mode="after")
     def _generation_fits_decoder(self) -> "ExperimentConfig":

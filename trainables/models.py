@@ -92,11 +92,12 @@ class EffectiveSettings:
     train_batch_size: int
     gradient_accumulation_steps: int
     notes: list[str] = field(default_factory=list)
+    speed: Any = None  # trainables.speed.SpeedPlan, once planned
 
     def as_metrics(self) -> dict[str, Any]:
-        d = asdict(self)
+        d = {k: v for k, v in asdict(self).items() if k != "speed"}
         d["notes"] = " | ".join(self.notes)
-        return {f"eff_{k}": v for k, v in d.items()}
+        return {**{f"eff_{k}": v for k, v in d.items()}, **(self.speed.as_metrics() if self.speed else {})}
 
 
 def decide_settings(exp: dict[str, Any], env: Environment, model_source: str) -> EffectiveSettings:

@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from trainables import speed
 from trainables.config import mode_of
 from trainables.models import EffectiveSettings, Environment, count_parameters, decide_settings, load_model, load_tokenizer
 
@@ -207,6 +208,7 @@ def _training_args(exp, run, settings: EffectiveSettings, output_dir: str):
         dataloader_num_workers=0,
         disable_tqdm=True,  # Tune's trial table shows progress; per-step bars from parallel trials interleave
         log_level="error",  # the Trainer resets transformers' verbosity to this: its advisory warnings are noise here
+        **(speed.training_kwargs(settings.speed) if settings.speed else {}),
     )
 
 
@@ -225,6 +227,8 @@ def run_trial(config: dict[str, Any], report: Report, resume_from: str | None = 
     # run["environment"] is a testing hook: a fake machine (GPU, bf16, Unsloth) for the settings decisions
     settings = decide_settings(exp, run.get("environment") and Environment(**run["environment"]) or Environment.probe(),
                                run["model_source"])
+    speed_plan = speed.plan(exp, settings, cuda=settings.device == "cuda")  # may enlarge the micro-batch
+    speed.apply_memory_cap(speed_plan)
     for note in settings.notes:
         log.warning("%s: %s", exp["name"], note)
     from trainables.plan import apply_memory_cap
@@ -240,7 +244,7 @@ def run_trial(config: dict[str, Any], report: Report, resume_from: str | None = 
     dev_frame = read_split(data_dir, "dev", warn=False).frame  # the driver warned
     dev = tokenize_split(dev_frame, tokenizer, tok_cfg["input_prefix"], tok_cfg["encoder_max_len"], tok_cfg["decoder_max_len"])
     compute_metrics = _compute_metrics_fn(exp, tokenizer, dev_frame["summary"].tolist())
-    _InOrderEvalTrainer = _in_order_eval_trainer()
+    _InOrderEvalTrainer = speed.evaluating_trainer(_in_order_eval_trainer(), speed_plan)
     output_dir = tempfile.mkdtemp(prefix=f"hf-{exp['name']}-")
     try:
         while True:
@@ -266,11 +270,13 @@ def run_trial(config: dict[str, Any], report: Report, resume_from: str | None = 
                 callbacks=_make_callbacks(exp, run, settings, report, started),
             )
             trainer.remove_callback(PrinterCallback)  # Tune's table and our reports show progress
+            speed.record_model(speed_plan, model, trainer.args)
             try:
                 result = trainer.train(resume_from_checkpoint=resume_from)
                 break
             except torch.OutOfMemoryError:
-                bs, accum = halve_batch(settings.train_batch_size, settings.gradient_accumulation_steps)
+                bs, accum = (speed.back_off(speed_plan, settings)
+                             or halve_batch(settings.train_batch_size, settings.gradient_accumulation_steps))
                 settings.notes.append(f"CUDA OOM at per-device batch {settings.train_batch_size}: retrying with "
                                       f"{bs} x {accum} accumulation")
                 log.warning("%s: %s", exp["name"], settings.notes[-1])

@@ -1,0 +1,181 @@
+"""The speed-ups (trainables/speed.py) on the CPU: each leaves results unchanged where it should, and `speed: off`
+gives the plain Seq2SeqTrainer path."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+
+import pytest
+import torch
+
+from tests.test_models import BART_CONFIG, CPU, build, configs, smoke_exp, standins, tiny_data, trial_config  # noqa: F401
+from trainables import speed
+from trainables.config import ExperimentConfig
+from trainables.models import EffectiveSettings
+from trainables.seq2seq import run_trial
+
+
+def _trained_like(model) -> None:
+    """LoRA's B matrices start at zero (a no-op adapter): move every trainable weight as training would."""
+    gen = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn(p.shape, generator=gen) * 0.05)
+
+
+@pytest.mark.parametrize("name, four_bit", [
+    ("01_mt5_xlsum_ultimate", True),          # 4-bit mT5, LoRA on lm_head and the (shared) embeddings
+    ("04_batch_optimization_rtx3090", True),  # 4-bit BART, tied head with LoRA on lm_head
+    ("02_eenzeenee_t5_rtx3090", False),       # LoRA on an unquantized T5, new tokens' rows trained
+])
+def test_merged_copy_generates_what_the_training_model_generates(configs, standins, name, four_bit):
+    exp = smoke_exp(configs, name)
+    assert exp["qlora"]["load_in_4bit"] == four_bit
+    model, tok, _ = build(exp, standins(exp["model"]["architecture"]))
+    _trained_like(model)
+    model.eval()
+    copy_ = speed.merged_copy(model, "fp32")
+    assert not any(type(p).__name__ == "Params4bit" for p in copy_.parameters())
+    assert not any("lora" in n for n, _ in copy_.named_parameters())
+    texts = ["#Person1#: 안녕하세요. 오늘 날씨가 좋네요.\n#Person2#: 네, 산책 갈까요?", "#Person1#: 전화번호가 뭐예요?"]
+    enc = tok(texts, padding=True, return_tensors="pt", return_token_type_ids=False)
+    labels = tok(text_target=["#Person1#과 #Person2#가 산책을 간다.", "번호를 묻는다."], padding=True, return_tensors="pt")["input_ids"]
+    assert speed.merge_error(model, copy_, {**enc, "labels": labels}) < 1e-5
+    with torch.no_grad():
+        plain = model.generate(**enc, max_length=12, num_beams=2)
+        fast = copy_.generate(**enc, max_length=12, num_beams=2)
+    assert torch.equal(plain, fast)
+
+
+def test_a_wrong_merge_is_caught(configs, standins):
+    """The check that guards the fast path fails when the copy lacks the adapter."""
+    exp = smoke_exp(configs, BART_CONFIG)
+    model, tok, _ = build(exp, standins("bart"))
+    _trained_like(model)
+    model.eval()
+    copy_ = speed.merged_copy(model, "fp32")
+    with torch.no_grad():  # a copy whose output head is off by a factor (a merge gone wrong)
+        copy_.lm_head.weight = torch.nn.Parameter(copy_.lm_head.weight * 2)
+    enc = tok(["#Person1#: 안녕하세요."], return_tensors="pt", return_token_type_ids=False)
+    batch = {**enc, "labels": tok(text_target=["인사한다."], return_tensors="pt")["input_ids"]}
+    assert speed.merge_error(model, copy_, batch) > speed.MERGE_TOLERANCE
+
+
+def test_length_sorted_batches_cover_every_row_once_longest_first():
+    lengths = [5, 50, 7, 300, 12, 300, 1]
+    batches = speed.length_sorted_batches(lengths, lambda n: 2 if n > 100 else 3)
+    flat = [i for b in batches for i in b]
+    assert sorted(flat) == list(range(len(lengths)))
+    assert [lengths[i] for i in flat] == sorted(lengths, reverse=True)
+    assert [len(b) for b in batches] == [2, 3, 2]
+
+
+def _settings(bs: int, accum: int) -> EffectiveSettings:
+    return EffectiveSettings(device="cuda", precision="bf16", load_in_4bit=True, lora=True, unsloth=False,
+                             unsloth_reason="", model_source="x", train_batch_size=bs, gradient_accumulation_steps=accum)
+
+
+@pytest.mark.parametrize("bs, accum", [(6, 3), (5, 4), (4, 8), (12, 2), (8, 1)])
+def test_larger_micro_batch_keeps_the_effective_batch_and_steps_back(configs, bs, accum):
+    exp = smoke_exp(configs, BART_CONFIG)
+    s = _settings(bs, accum)
+    p = speed.plan(exp, s, cuda=True)
+    assert (s.train_batch_size, s.gradient_accumulation_steps) == (bs * accum, 1)
+    assert all(b * a == bs * accum for b, a in p.batch_candidates)
+    seen = [(s.train_batch_size, s.gradient_accumulation_steps)]
+    while (step := speed.back_off(p, s)) is not None:
+        s.train_batch_size, s.gradient_accumulation_steps = step
+        seen.append(step)
+    assert seen[-1] == (bs, accum)  # the OOM path ends at the configured batch, then the plain back-off takes over
+    assert s.as_metrics()["eff_speed_configured_batch"] == f"{bs}x{accum}"
+
+
+def test_speed_off_is_the_plain_path(configs):
+    raw = json.loads(configs[BART_CONFIG].model_dump_json())
+    raw["speed"] = False  # what `speed: off` in YAML parses to
+    exp = ExperimentConfig.model_validate(raw).model_dump()
+    assert exp["speed"]["enabled"] is False
+    s = _settings(8, 3)
+    p = speed.plan(exp, s, cuda=True)
+    assert not (p.fast_eval or p.micro_batch or p.tf32)
+    assert (s.train_batch_size, s.gradient_accumulation_steps) == (8, 3)
+    assert speed.training_kwargs(p) == {}
+
+    class Base:
+        pass
+
+    assert speed.evaluating_trainer(Base, p) is Base
+    assert s.as_metrics()["eff_speed_enabled"] is False
+
+
+def _trial(configs, standins, tiny_data, on: bool):
+    exp = smoke_exp(configs, BART_CONFIG, training={"num_train_epochs": 1, "per_device_train_batch_size": 4,
+                                                     "per_device_eval_batch_size": 2, "gradient_accumulation_steps": 2,
+                                                     "early_stopping_patience": None, "logging_steps": 1},
+                    tokenizer={"encoder_max_len": 64, "decoder_max_len": 24},
+                    generation={"max_length": 20, "min_length": 1, "num_beams": 2})
+    exp["speed"] = {"enabled": on}
+    predictions = []
+    from trainables import seq2seq
+
+    original = seq2seq._compute_metrics_fn
+
+    def capture(exp_, tokenizer, refs):
+        inner = original(exp_, tokenizer, refs)
+
+        def compute(pred):
+            predictions.append(pred.predictions.tolist())
+            return inner(pred)
+        return compute
+
+    seq2seq._compute_metrics_fn = capture
+    reports = []
+    try:
+        run_trial(trial_config(copy.deepcopy(exp), standins("bart"), tiny_data), lambda m, c: reports.append(m))
+    finally:
+        seq2seq._compute_metrics_fn = original
+    return reports[-1], predictions[-1]
+
+
+def _strip(rows, pad):
+    """Generated ids without padding (the plain path pads batches to different widths)."""
+    return [[t for t in r if t not in (pad, -100)] for r in rows]
+
+
+def test_fast_evaluation_gives_the_plain_evaluations_results(configs, standins, tiny_data):
+    """A 4-bit BART trained one epoch with 2-step accumulation, evaluated the plain way and the fast way (merged
+    copy, length-sorted batches of another size): the same predictions in file order, the same scores and loss."""
+    plain, plain_preds = _trial(configs, standins, tiny_data, on=False)
+    fast, fast_preds = _trial(configs, standins, tiny_data, on=True)
+    assert plain["eff_speed_enabled"] is False and fast["eff_speed_enabled"] is True
+    assert fast["eff_speed_eval_merged"].startswith("yes"), fast["eff_speed_eval_merged"]
+    pad = 1  # the BART stand-in's <pad>
+    assert _strip(fast_preds, pad) == _strip(plain_preds, pad)
+    for key in ("competition_score", "rouge1", "rouge2", "rougeL"):
+        assert fast[key] == pytest.approx(plain[key], abs=1e-9), key
+    assert math.isfinite(plain["eval_loss"])
+    assert fast["eval_loss"] == pytest.approx(plain["eval_loss"], rel=1e-5)
+    assert fast["train_loss"] == pytest.approx(plain["train_loss"], rel=1e-6)  # no GPU: training itself unchanged
+
+
+@pytest.mark.parametrize("n", [2, 3, 4])
+def test_tensor_no_repeat_ngram_bans_what_transformers_bans(n):
+    from transformers.generation.logits_process import NoRepeatNGramLogitsProcessor
+
+    gen = torch.Generator().manual_seed(n)
+    for length in (1, n - 1, n, 9, 30):
+        ids = torch.randint(0, 5, (12, length), generator=gen)  # a small vocabulary: many repeats
+        scores = torch.randn(12, 7, generator=gen)
+        got = speed.no_repeat_ngram_processor(n)(ids, scores.clone())
+        want = scores.clone()
+        for row in range(12):  # the definition: the token that would complete an n-gram seen before is banned
+            seq = ids[row].tolist()
+            tail = seq[len(seq) - n + 1:] if n > 1 else []
+            for j in range(len(seq) - n + 1):
+                if len(seq) >= n and seq[j:j + n - 1] == tail:
+                    want[row, seq[j + n - 1]] = -float("inf")
+        assert torch.equal(got, want), (n, length)
+        assert torch.equal(got, NoRepeatNGramLogitsProcessor(n)(ids, scores.clone()))
