@@ -179,3 +179,12 @@ def test_tensor_no_repeat_ngram_bans_what_transformers_bans(n):
                     want[row, seq[j + n - 1]] = -float("inf")
         assert torch.equal(got, want), (n, length)
         assert torch.equal(got, NoRepeatNGramLogitsProcessor(n)(ids, scores.clone()))
+
+
+def test_a_packed_trials_tighter_memory_cap_is_kept(configs, monkeypatch):
+    p = speed.plan(smoke_exp(configs, BART_CONFIG), _settings(8, 3), cuda=True)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    calls = []
+    monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction", lambda *a: calls.append(a))
+    speed.apply_memory_cap(p, placed_cap_gib=9.5)
+    assert p.memory_gib == 9.5 and not calls and "packed" in p.as_metrics()["eff_speed_notes"]

@@ -96,24 +96,22 @@ def plan(exp: dict[str, Any], settings, cuda: bool) -> SpeedPlan:
     return p
 
 
-def apply_memory_cap(p: SpeedPlan) -> None:
+def apply_memory_cap(p: SpeedPlan, placed_cap_gib: float | None = None) -> None:
     """Cap this process's CUDA allocations at `memory_gib`, so that a too-large micro-batch raises OOM here
-    (and steps down) instead of succeeding on an 80 GB card and failing on a 24 GB one."""
+    (and steps down) instead of succeeding on an 80 GB card and failing on a 24 GB one. A tighter cap already
+    set for a trial packed onto a shared card (trainables.plan) is kept, and generation batches size to it."""
     import torch
 
-    if not (p.micro_batch and p.memory_gib and torch.cuda.is_available()):
+    if not (p.memory_gib and torch.cuda.is_available()):
+        return
+    if placed_cap_gib and placed_cap_gib <= p.memory_gib:
+        p.notes.append(f"kept the packed trial's GPU memory cap ({placed_cap_gib:.1f} GiB)")
+        p.memory_gib = placed_cap_gib
+        return
+    if not p.micro_batch:
         return
     total = torch.cuda.get_device_properties(0).total_memory
-    fraction = min(1.0, p.memory_gib * 2**30 / total)
-    getter = getattr(torch.cuda, "get_per_process_memory_fraction", None)
-    try:
-        current = getter(0) if getter else 1.0
-    except Exception:  # noqa: BLE001 - older torch: no getter, assume no cap was set
-        current = 1.0
-    if current < fraction:  # someone (a packed GPU) already set a tighter cap: keep it
-        p.notes.append(f"kept the existing GPU memory cap ({current * total / 2**30:.1f} GiB)")
-        return
-    torch.cuda.set_per_process_memory_fraction(fraction, 0)
+    torch.cuda.set_per_process_memory_fraction(min(1.0, p.memory_gib * 2**30 / total), 0)
 
 
 def back_off(p: SpeedPlan | None, settings) -> tuple[int, int] | None:
