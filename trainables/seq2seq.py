@@ -228,12 +228,12 @@ def run_trial(config: dict[str, Any], report: Report, resume_from: str | None = 
     settings = decide_settings(exp, run.get("environment") and Environment(**run["environment"]) or Environment.probe(),
                                run["model_source"])
     speed_plan = speed.plan(exp, settings, cuda=settings.device == "cuda")  # may enlarge the micro-batch
-    speed.apply_memory_cap(speed_plan)
     for note in settings.notes:
         log.warning("%s: %s", exp["name"], note)
     from trainables.plan import apply_memory_cap
 
     placement = apply_memory_cap(run, exp["name"])  # a packed trial caps its allocator at its planned share
+    speed.apply_memory_cap(speed_plan, placement.get("eff_memory_cap_gib"))  # the tighter of the two caps
     report = _with_placement(report, placement)
 
     tok_cfg = exp["tokenizer"]
