@@ -10,6 +10,7 @@
   python tune_main7.py predict [DIR]         # submission.csv from the best checkpoint (or --checkpoint PATH)
   python tune_main7.py plan [--mode full] [--card h100|--gpu-memory GB]   # memory and time per trial, no GPU
   python tune_main7.py search CONFIG --samples N [--mode M]   # hyperparameter search around one config
+  python tune_main7.py export [DIR] --out M  # the best trial's best checkpoint as a standalone HF model folder
 
 Heavy libraries (torch, ray, transformers) are imported only once a command needs them.
 """
@@ -22,7 +23,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-COMMANDS = ("run", "check", "report", "predict", "plan", "search")
+COMMANDS = ("run", "check", "report", "predict", "plan", "search", "export")
 
 
 def _positive_int(text: str) -> int:
@@ -86,7 +87,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="one trial per GPU even where the plan says several fit one card")
     parser.add_argument("--samples", type=int, metavar="N", help="search: how many configs to sample and train")
     parser.add_argument("--checkpoint", help="predict: this checkpoint folder instead of the best trial's best")
-    parser.add_argument("--out", help="predict: the submission CSV (default: <experiment>/submission.csv)")
+    parser.add_argument("--out", help="predict: the submission CSV (default: <experiment>/submission.csv); "
+                                      "export: the new model folder (with --all: one subfolder per trial)")
+    parser.add_argument("--trial", metavar="NAME", help="export: this trial (config name) instead of the best")
+    parser.add_argument("--all", action="store_true", help="export: every trial that has a checkpoint")
+    parser.add_argument("--adapter-only", action="store_true", help="export: just the LoRA adapter and tokenizer")
+    parser.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32", help="export: the merged weights' dtype")
     args = parser.parse_args(argv)
     if args.resume is not None:  # a resumed run keeps what it started with: a flag that can't apply is an error
         for flag, value in (("--mode", args.mode), ("--max-concurrent", args.max_concurrent)):
@@ -96,9 +102,31 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.mode = args.mode or "smoke"
     if args.command != "predict":  # predict: the folder the experiment trained on
         args.data_dir = args.data_dir or str(HERE / "data")
-    if args.command not in ("report", "predict") and args.resume is None:
+    if args.command not in ("report", "predict", "export") and args.resume is None:
         args.metric = args.metric or "competition_score"
     return args
+
+
+def _export(args: argparse.Namespace) -> int:
+    from trainables import launch
+    from trainables.export import export
+    from trainables.predict import PredictError
+    from trainables.report import latest_experiment
+
+    if not args.out:
+        return launch.fail("export needs --out DIR, the new model folder (with --all: one subfolder per trial)")
+    if args.trial and args.all:
+        return launch.fail("export: pass --trial NAME or --all, not both")
+    target = Path(args.target) if args.target else latest_experiment(Path(args.storage_path))
+    problem = launch.not_an_experiment(target, args.target or args.storage_path)
+    if problem:
+        return launch.fail(problem)
+    try:
+        export(target, Path(args.out), args.metric, trial=args.trial, all_trials=args.all,
+               adapter_only=args.adapter_only, dtype=args.dtype)
+    except PredictError as err:
+        return launch.fail(str(err))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -128,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
             from trainables.predict import PredictError, predict
             from trainables.report import latest_experiment
 
+            if args.target and not args.checkpoint and (Path(args.target) / "trial_meta.json").is_file():
+                args.checkpoint, args.target = args.target, None  # a checkpoint or an exported model folder
             if args.target or not args.checkpoint:
                 target = Path(args.target) if args.target else latest_experiment(Path(args.storage_path))
                 problem = launch.not_an_experiment(target, args.target or args.storage_path)
@@ -148,6 +178,8 @@ def main(argv: list[str] | None = None) -> int:
             from trainables.search import run_search
 
             return run_search(args)
+        if args.command == "export":
+            return _export(args)
         if args.resume:
             return launch.resume_grid(args)
         return launch.run_grid(args)

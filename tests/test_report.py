@@ -59,7 +59,7 @@ def test_report_prints_table_best_checkpoint_and_plots(smoke_grid):
     best = _analysis(experiment_dir).get_best_trial(scope="all")
     assert best.config["experiment"]["name"] in best_line
     plots = [Path(l.split("Plot:")[1].strip()) for l in proc.stdout.splitlines() if l.startswith("Plot:")]
-    assert sorted(p.name for p in plots) == ["loss.png", "rouge.png"]
+    assert sorted(p.name for p in plots) == ["loss.png", "rouge.png", "utilization.png"]
     for plot in plots:
         assert plot.parent == experiment_dir / "report"
         _assert_png(plot)

@@ -69,8 +69,9 @@ def read_meta(checkpoint: Path) -> dict[str, Any]:
     return data
 
 
-def load_for_inference(checkpoint: Path, meta: dict[str, Any]):
-    """(model, tokenizer) rebuilt from a checkpoint folder and its trial_meta.json."""
+def load_for_inference(checkpoint: Path, meta: dict[str, Any], dequantize: bool = False, device: str | None = None):
+    """(model, tokenizer) rebuilt from a checkpoint folder and its trial_meta.json. `dequantize` (export): a
+    4-bit base is turned back into float32 weights from its 4-bit ones, before the adapter goes on."""
     import torch
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
@@ -79,7 +80,7 @@ def load_for_inference(checkpoint: Path, meta: dict[str, Any]):
     checkpoint = Path(checkpoint)
     exp, settings = meta["experiment"], meta.get("settings", {})
     tokenizer = AutoTokenizer.from_pretrained(str(checkpoint))  # saved with the added tokens
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     lora = bool(settings.get("eff_lora", (checkpoint / "adapter_config.json").exists()))
     if not lora:  # full fine-tuning: the checkpoint is the whole model
         model = AutoModelForSeq2SeqLM.from_pretrained(str(checkpoint), dtype=torch.float32).to(device)
@@ -90,6 +91,8 @@ def load_for_inference(checkpoint: Path, meta: dict[str, Any]):
     from peft import PeftModel
 
     model = AutoModelForSeq2SeqLM.from_pretrained(meta["model_path"], dtype=torch.float32, **kwargs)
+    if dequantize and kwargs:
+        model = model.dequantize(dtype=torch.float32)
     grow_vocabulary(model, tokenizer, exp["training"]["seed"])  # the same rows as in training, before the adapter
     if "device_map" not in kwargs:
         model = model.to(device)

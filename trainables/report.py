@@ -20,6 +20,10 @@ EFFECTIVE_COLUMNS = ("eff_device", "eff_precision", "eff_load_in_4bit", "eff_lor
 TABLE_COLUMNS = ["name", "model", "status", "evaluations", "best_epoch", *SCORE_COLUMNS, "eval_loss",
                  "train_time_s", "peak_gpu_mem_gb", "peak_host_mem_gb", "eff_precision", "eff_load_in_4bit",
                  "eff_lora", "eff_train_batch_size", "eff_gradient_accumulation_steps"]
+# trainables.telemetry's fields, summarized over a trial's reports: how to combine each one
+TELEMETRY_SUMMARY = {"gpu_util_mean": "mean", "gpu_util_p10": "min", "gpu_mem_used_gb": "max", "gpu_power_w": "mean",
+                     "train_samples_per_s": "mean", "train_label_tokens_per_s": "mean", "eval_s": "mean"}
+TELEMETRY_COLUMNS = ["name", *TELEMETRY_SUMMARY]
 
 
 def latest_experiment(storage_path: Path) -> Path | None:
@@ -80,6 +84,10 @@ def summarize_results(results: list[dict[str, Any]], metric: str = "competition_
             row[column] = max(values) if values else None
         for column in EFFECTIVE_COLUMNS:
             row[column] = _plain(last.get(column))
+        for column, how in TELEMETRY_SUMMARY.items():  # absent GPU fields (a CPU trial) stay absent
+            values = [v for v in (number(r.get(column)) for r in results) if v is not None]
+            if values:
+                row[column] = round({"mean": sum(values) / len(values), "min": min(values), "max": max(values)}[how], 3)
     return row
 
 
@@ -240,6 +248,47 @@ def plot_curves(experiment_dir: Path, out_dir: Path | None = None, analysis=None
     return written
 
 
+def plot_utilization(experiment_dir: Path, out_dir: Path | None = None, analysis=None) -> Path:
+    """utilization.png: GPU utilization (mean and 10th percentile per report interval), GPU memory in use and
+    training samples/s over the trial's elapsed time, one line per trial; a CPU trial has no GPU lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    analysis = analysis or load_analysis(experiment_dir)
+    out_dir = Path(out_dir or Path(experiment_dir) / "report")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    frames = analysis.trial_dataframes
+    panels = [("gpu_util_mean", "GPU utilization %, mean per report interval"),
+              ("gpu_util_p10", "GPU utilization %, 10th percentile per interval"),
+              ("gpu_mem_used_gb", "GPU memory in use (GB, device)"), ("train_samples_per_s", "training samples / s")]
+    fig, axes = plt.subplots(2, 2, figsize=(12, 9), squeeze=False)
+    cmap = plt.get_cmap("tab10")
+    for ax, (column, label) in zip(axes.flat, panels):
+        drawn = 0
+        for i, trial in enumerate(sorted(analysis.trials, key=lambda t: t.config["experiment"]["name"])):
+            frame = _frame_results(frames.get(trial.trial_id))
+            points = [(number(r.get("elapsed_s")), number(r.get(column))) for r in frame]
+            points = [(x, y) for x, y in points if x is not None and y is not None]
+            if points:
+                ax.plot(*zip(*points), marker="o", color=cmap(i % 10), label=trial.config["experiment"]["name"])
+                drawn += 1
+        if not drawn:
+            ax.text(0.5, 0.5, "no values (no GPU in these trials)", ha="center", va="center", transform=ax.transAxes)
+        ax.set_title(label)
+        ax.set_xlabel("trial time (s)")
+        ax.grid(True, alpha=0.3)
+        if drawn:
+            ax.legend(fontsize=8)
+    fig.suptitle(f"GPU utilization and throughput — {Path(experiment_dir).resolve().name}", fontsize=13)
+    fig.tight_layout(rect=(0, 0, 1, 0.96))
+    path = out_dir / "utilization.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 # ---------------------------------------------------------------------------------------------------
 # The `report` command
 
@@ -268,9 +317,12 @@ def print_summary(experiment_dir: Path, metric: str | None = None, plots: bool =
               f"checkpoint: {checkpoint or '-'}")
     else:
         print(f"Best trial: none yet (no trial has reported {metric})")
+    print("\nTelemetry (per trial over its reports: GPU utilization % mean, its lowest 10th percentile, most GPU memory "
+          "in use, mean power; training samples and label tokens per second; seconds per evaluation; '-': no GPU)")
+    print(format_table(rows, TELEMETRY_COLUMNS))
     if plots:
         try:
-            for path in plot_curves(experiment_dir, analysis=analysis):
+            for path in [*plot_curves(experiment_dir, analysis=analysis), plot_utilization(experiment_dir, analysis=analysis)]:
                 print(f"Plot: {path}")
         except Exception as err:  # a plot must never hide the table
             print(f"(plots not written: {type(err).__name__}: {err})")

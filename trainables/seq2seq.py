@@ -30,6 +30,7 @@ from typing import Any, Callable
 from trainables import speed
 from trainables.config import mode_of
 from trainables.models import EffectiveSettings, Environment, count_parameters, decide_settings, load_model, load_tokenizer
+from trainables.telemetry import CountTrainingBatches, Telemetry
 
 log = logging.getLogger("trainables.seq2seq")
 
@@ -55,7 +56,8 @@ def _peak_memory() -> dict[str, float]:
     return {"peak_gpu_mem_gb": round(gpu, 3), "peak_host_mem_gb": round(host, 3)}
 
 
-def _make_callbacks(exp, run, settings: EffectiveSettings, report: Report, started: float):
+def _make_callbacks(exp, run, settings: EffectiveSettings, report: Report, started: float,
+                    telemetry: Telemetry | None = None):
     import torch
     from transformers import EarlyStoppingCallback, TrainerCallback
 
@@ -100,8 +102,11 @@ def _make_callbacks(exp, run, settings: EffectiveSettings, report: Report, start
                 **_peak_memory(),
                 **settings.as_metrics(),
                 "eff_mode_changes": "; ".join(run.get("mode_changes", {}).get(exp["name"], [])),
+                **(telemetry.collect(last.get("eval_runtime")) if telemetry else {}),  # GPU busy, samples/s
             }
             report(metrics, str(ckpt))
+            if telemetry:
+                telemetry.restart()
 
     class InjectFault(TrainerCallback):
         """Tests only (run.fault): kill this process once, or raise an OOM, at a chosen point."""
@@ -119,7 +124,7 @@ def _make_callbacks(exp, run, settings: EffectiveSettings, report: Report, start
                     marker.write_text(f"killed at step {state.global_step}\n")
                     os.kill(os.getpid(), signal.SIGKILL)
 
-    callbacks = [EvalAtEpochEnd(), StopOnNaN(), ReportToTune()]
+    callbacks = [EvalAtEpochEnd(), StopOnNaN(), ReportToTune(), *([telemetry.callback()] if telemetry else [])]
     patience = exp["training"]["early_stopping_patience"]
     if patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=patience))
@@ -158,7 +163,7 @@ def _in_order_eval_trainer():
     from torch.utils.data import SequentialSampler
     from transformers import Seq2SeqTrainer
 
-    class InOrderEvalTrainer(Seq2SeqTrainer):
+    class InOrderEvalTrainer(CountTrainingBatches, Seq2SeqTrainer):
         """Evaluates the dev set in file order. With train_sampling_strategy="group_by_length", transformers 5
         also length-groups the evaluation batches, and predictions would no longer line up with the dev
         summaries that compute_metrics scores them against."""
@@ -246,6 +251,7 @@ def run_trial(config: dict[str, Any], report: Report, resume_from: str | None = 
     compute_metrics = _compute_metrics_fn(exp, tokenizer, dev_frame["summary"].tolist())
     _InOrderEvalTrainer = speed.evaluating_trainer(_in_order_eval_trainer(), speed_plan)
     output_dir = tempfile.mkdtemp(prefix=f"hf-{exp['name']}-")
+    telemetry = Telemetry(gpu=settings.device == "cuda")
     try:
         while True:
             # Seed before the LoRA/QLoRA wrapping: the adapters' initial weights come from the global RNG, and the
@@ -267,8 +273,9 @@ def run_trial(config: dict[str, Any], report: Report, resume_from: str | None = 
                 processing_class=tokenizer,
                 data_collator=DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=-100),
                 compute_metrics=compute_metrics,
-                callbacks=_make_callbacks(exp, run, settings, report, started),
+                callbacks=_make_callbacks(exp, run, settings, report, started, telemetry),
             )
+            trainer.telemetry = telemetry
             trainer.remove_callback(PrinterCallback)  # Tune's table and our reports show progress
             speed.record_model(speed_plan, model, trainer.args)
             try:
@@ -289,6 +296,7 @@ def run_trial(config: dict[str, Any], report: Report, resume_from: str | None = 
                 resume_from = str(saved[-1]) if saved else resume_from
         return {"train_runtime": result.metrics.get("train_runtime"), **settings.as_metrics(), **placement}
     finally:
+        telemetry.stop()
         shutil.rmtree(output_dir, ignore_errors=True)
 
 

@@ -1,0 +1,235 @@
+"""`export`: a trial's best checkpoint as a standalone model folder that plain transformers loads and that
+summarizes the test dialogues as `predict` does; `--adapter-only`; bad input. And the per-report telemetry
+(trainables.telemetry) in Ray Tune's own records. The experiment is the session's smoke grid (offline, CPU)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tests.conftest import ROOT, run_cli
+
+# Runs in a fresh interpreter, outside the repository, importing nothing of the project.
+PLAIN_TRANSFORMERS = textwrap.dedent("""
+    import json, sys
+    import pandas as pd
+    import torch
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+    folder, test_csv, out = sys.argv[1:4]
+    model = AutoModelForSeq2SeqLM.from_pretrained(folder).eval()
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    prefix = getattr(model.config, "prefix", None) or ""
+    dialogues = pd.read_csv(test_csv, dtype=str, keep_default_na=False)["dialogue"].tolist()
+    summaries = []
+    for d in dialogues:
+        enc = tokenizer(prefix + d, truncation=True, return_tensors="pt", return_token_type_ids=False)
+        with torch.no_grad():
+            ids = model.generate(**enc)  # every setting from the folder's generation_config.json
+        summaries.append(" ".join(tokenizer.decode(ids[0], skip_special_tokens=True).split()))
+    pipeline_summaries = None
+    try:
+        from transformers import pipeline
+        pipe = pipeline("summarization", model=folder)
+    except Exception as err:  # transformers 5 removed the summarization task
+        pipeline_error = f"{type(err).__name__}: {err}"
+    else:
+        pipeline_error = None
+        pipeline_summaries = [" ".join(r["summary_text"].split()) for r in pipe(dialogues, truncation=True)]
+    project = [m for m in sys.modules if m.split(".")[0] in ("trainables", "tune_main7")]
+    json.dump({"summaries": summaries, "pipeline": pipeline_summaries, "pipeline_error": pipeline_error,
+               "project_modules": project, "generation": model.generation_config.to_diff_dict()},
+              open(out, "w", encoding="utf-8"), ensure_ascii=False)
+""")
+
+
+def _fresh_plain_run(folder: Path, tmp_path: Path) -> dict:
+    script, out = tmp_path / "plain.py", tmp_path / "plain.json"
+    script.write_text(PLAIN_TRANSFORMERS, encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run([sys.executable, str(script), str(folder), str(ROOT / "data" / "test.csv"), str(out)],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=900, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(out.read_text(encoding="utf-8"))
+
+
+def _predict_summaries(checkpoint: Path, out: Path) -> list[str]:
+    proc = run_cli("predict", "--checkpoint", str(checkpoint), "--out", str(out), timeout=900)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    return pd.read_csv(out, dtype=str, keep_default_na=False)["summary"].tolist()
+
+
+def _best_checkpoint(experiment_dir: Path) -> tuple[str, Path]:
+    from ray.tune import ExperimentAnalysis
+
+    analysis = ExperimentAnalysis(str(experiment_dir), default_metric="competition_score", default_mode="max")
+    best = analysis.get_best_trial(scope="all")
+    return best.config["experiment"]["name"], Path(analysis.get_best_checkpoint(best).path)
+
+
+@pytest.mark.slow
+def test_export_best_trial_loads_with_plain_transformers_and_matches_predict(smoke_grid, tmp_path):
+    experiment_dir, grid = smoke_grid
+    assert grid.returncode == 0, grid.stderr[-3000:]
+    out = tmp_path / "model"
+    proc = run_cli("export", str(experiment_dir), "--out", str(out), timeout=900)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    name, checkpoint = _best_checkpoint(experiment_dir)
+    for f in ("config.json", "model.safetensors", "generation_config.json", "tokenizer.json", "README.md"):
+        assert (out / f).is_file(), f
+    assert not (out / "adapter_config.json").exists()
+    meta = json.loads((checkpoint / "trial_meta.json").read_text(encoding="utf-8"))
+    exp = meta["experiment"]
+    card = (out / "README.md").read_text(encoding="utf-8")
+    assert name in card and exp["model"]["checkpoint"] in card and "competition_score" in card
+    assert ("dequantized" in card) == bool(meta["settings"]["eff_load_in_4bit"])
+    config = json.loads((out / "config.json").read_text())
+    assert config["prefix"] == exp["tokenizer"]["input_prefix"]
+    gen = json.loads((out / "generation_config.json").read_text())
+    for key in ("num_beams", "max_length", "min_length", "no_repeat_ngram_size", "length_penalty"):
+        assert gen[key] == exp["generation"][key], key
+    tokenizer_vocab = json.loads((out / "tokenizer.json").read_text(encoding="utf-8"))
+    added = {t["content"] for t in tokenizer_vocab["added_tokens"]}
+    assert set(exp["tokenizer"]["special_tokens"]) <= added
+
+    plain = _fresh_plain_run(out, tmp_path)
+    assert plain["project_modules"] == []
+    predicted = _predict_summaries(checkpoint, tmp_path / "predict.csv")
+    assert len(plain["summaries"]) == len(predicted) == 50
+    same = sum(a == b for a, b in zip(plain["summaries"], predicted))
+    assert same >= 0.99 * len(predicted), [(a, b) for a, b in zip(plain["summaries"], predicted) if a != b][:3]
+    if plain["pipeline"] is not None:
+        same = sum(a == b for a, b in zip(plain["pipeline"], predicted))
+        assert same >= 0.99 * len(predicted)
+    # predict reads the exported folder too, and agrees with itself on the checkpoint
+    assert _predict_summaries(out, tmp_path / "predict-export.csv") == predicted
+
+
+@pytest.mark.slow
+def test_export_adapter_only_is_the_adapter_and_tokenizer(smoke_grid, tmp_path):
+    experiment_dir, _ = smoke_grid
+    out = tmp_path / "adapter"
+    proc = run_cli("export", str(experiment_dir), "--out", str(out), "--adapter-only", timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    _, checkpoint = _best_checkpoint(experiment_dir)
+    names = {p.name for p in out.iterdir()}
+    assert {"adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "README.md"} <= names
+    assert not names & {"model.safetensors", "optimizer.pt", "scheduler.pt", "config.json"}, names
+    assert (out / "adapter_model.safetensors").read_bytes() == (checkpoint / "adapter_model.safetensors").read_bytes()
+    assert "adapter only" in (out / "README.md").read_text(encoding="utf-8")
+    # the adapter with the base it names reproduces the checkpoint's summaries
+    assert _predict_summaries(out, tmp_path / "a.csv") == _predict_summaries(checkpoint, tmp_path / "b.csv")
+
+
+def _assert_one_line_error(proc, *words):
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    lines = [l for l in proc.stderr.splitlines() if l.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    for word in words:
+        assert word in lines[0], lines[0]
+
+
+def _no_partial(folder: Path):
+    assert not [p for p in folder.iterdir() if ".partial-" in p.name]
+
+
+def test_export_refuses_a_folder_that_is_not_an_experiment(tmp_path):
+    (tmp_path / "not-an-experiment").mkdir()
+    proc = run_cli("export", str(tmp_path / "not-an-experiment"), "--out", str(tmp_path / "m"), timeout=120)
+    _assert_one_line_error(proc, "not an experiment")
+    assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.slow
+def test_export_bad_inputs_on_a_real_experiment(smoke_grid, tmp_path):
+    experiment_dir, _ = smoke_grid
+    proc = run_cli("export", str(experiment_dir), "--trial", "no_such_trial", "--out", str(tmp_path / "m"), timeout=300)
+    _assert_one_line_error(proc, "no_such_trial", "01_baseline_kobart_rtx3090")
+    assert not (tmp_path / "m").exists()
+    _no_partial(tmp_path)
+
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "keep.txt").write_text("mine")
+    proc = run_cli("export", str(experiment_dir), "--out", str(taken), timeout=300)
+    _assert_one_line_error(proc, str(taken), "not an empty folder")
+    assert [p.name for p in taken.iterdir()] == ["keep.txt"] and (taken / "keep.txt").read_text() == "mine"
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    proc = run_cli("export", str(experiment_dir), "--out", str(blocker / "model"), timeout=300)
+    _assert_one_line_error(proc, "can't write there")
+    assert blocker.read_text() == "x"
+    _no_partial(tmp_path)
+
+
+@pytest.mark.slow
+def test_telemetry_fields_in_experiment_analysis_for_every_trial(smoke_grid):
+    from ray.tune import ExperimentAnalysis
+
+    from trainables.telemetry import GPU_FIELDS
+
+    experiment_dir, _ = smoke_grid
+    analysis = ExperimentAnalysis(str(experiment_dir), default_metric="competition_score", default_mode="max")
+    assert len(analysis.trials) == 7
+    for trial in analysis.trials:
+        frame = analysis.trial_dataframes[trial.trial_id]
+        assert len(frame) >= 1
+        for column in ("train_samples_per_s", "train_label_tokens_per_s", "eval_s"):
+            assert column in frame and (frame[column] > 0).all(), (trial.config["experiment"]["name"], column)
+        # label tokens per sample: between 1 and the decoder length the smoke mode allows
+        per_sample = frame["train_label_tokens_per_s"] / frame["train_samples_per_s"]
+        assert ((per_sample >= 1) & (per_sample <= trial.config["experiment"]["tokenizer"]["decoder_max_len"])).all()
+        assert not set(GPU_FIELDS) & set(frame.columns), "a CPU trial must not report GPU fields"
+
+
+def test_gpu_sampler_summarizes_nvml_samples(monkeypatch):
+    """The sampling thread and the interval summary, with NVML's answers faked (no GPU here)."""
+    import types
+
+    import pynvml
+
+    from trainables import telemetry
+
+    utils = iter([90, 10, 80, 70, 60, 50, 40, 30, 20, 100] * 1000)
+    monkeypatch.setattr(telemetry, "_nvml_handle", lambda: "handle")
+    monkeypatch.setattr(pynvml, "nvmlDeviceGetUtilizationRates", lambda h: types.SimpleNamespace(gpu=next(utils)))
+    monkeypatch.setattr(pynvml, "nvmlDeviceGetMemoryInfo", lambda h: types.SimpleNamespace(used=3 * 2**30))
+
+    def no_power(handle):
+        raise pynvml.NVMLError(pynvml.NVML_ERROR_NOT_SUPPORTED)
+
+    monkeypatch.setattr(pynvml, "nvmlDeviceGetPowerUsage", no_power)
+    sampler = telemetry.GpuSampler(interval_s=0.001)
+    try:
+        import time
+
+        deadline = time.time() + 10
+        while len(sampler._samples) < 10 and time.time() < deadline:
+            time.sleep(0.01)
+        with sampler._lock:
+            sampler._samples = sampler._samples[:10]
+        fields = sampler.take()
+    finally:
+        sampler.stop()
+    assert fields["gpu_util_mean"] == 55.0 and fields["gpu_util_p10"] == 10.0 and fields["gpu_mem_used_gb"] == 3.0
+    assert "gpu_power_w" not in fields  # not given by the driver: absent, not zero
+
+
+def test_no_gpu_fields_without_a_gpu():
+    from trainables.telemetry import GPU_FIELDS, Telemetry
+
+    t = Telemetry(gpu=True)  # asked for, but this machine has no CUDA device
+    try:
+        fields = t.collect(eval_s=1.5)
+    finally:
+        t.stop()
+    assert not set(GPU_FIELDS) & set(fields)
+    assert fields["eval_s"] == 1.5 and fields["train_samples_per_s"] == 0

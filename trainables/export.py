@@ -1,0 +1,277 @@
+"""The `export` command: a trial's best checkpoint as a standalone Hugging Face model folder.
+
+The model is rebuilt exactly as `predict` rebuilds it (trainables.predict.load_for_inference), then:
+a 4-bit base is dequantized from its NF4 weights (bitsandbytes, through transformers' `dequantize`) before the
+LoRA adapter is merged into it, so the merged weights are the ones the trial evaluated with; the folder is
+saved in float32 (or bf16 with --dtype bf16) with the tokenizer and its added speaker/mask tokens, a
+generation_config.json carrying the experiment's generation settings, `config.prefix` = the input prefix, and
+a README.md model card. `--adapter-only` writes the adapter and tokenizer as the checkpoint holds them.
+
+Each folder is written beside its target under a temporary name and renamed at the end: an export that
+fails leaves nothing half-written.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from trainables.config import mode_of
+from trainables.launch import UsageError
+
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+                   "spiece.model", "sentencepiece.bpe.model", "vocab.json", "merges.txt", "chat_template.jinja")
+DTYPES = ("fp32", "bf16")
+
+
+def choose_trials(experiment_dir: Path, metric: str, trial: str | None, all_trials: bool):
+    """[(config name, trial, its best checkpoint folder, its table row)] of the trials to export; raises
+    UsageError naming what is missing before anything is written."""
+    from trainables.report import best_trial_and_checkpoint, load_analysis, trial_rows
+
+    analysis = load_analysis(experiment_dir, metric)
+    rows = {r["name"]: r for r in trial_rows(experiment_dir, metric, analysis=analysis)}
+    by_name = {t.config["experiment"]["name"]: t for t in analysis.trials}
+    if trial is not None:
+        if trial not in by_name:
+            raise UsageError(f"--trial {trial}: no such trial in {experiment_dir}; its trials are {', '.join(sorted(by_name))}")
+        chosen = [by_name[trial]]
+    elif all_trials:
+        chosen = [by_name[n] for n in sorted(by_name)]
+    else:
+        best, _ = best_trial_and_checkpoint(analysis, metric)
+        if best is None:
+            raise UsageError(f"{experiment_dir}: no trial has reported {metric} with a checkpoint yet; nothing to export")
+        chosen = [best]
+    picked = []
+    for t in chosen:
+        name = t.config["experiment"]["name"]
+        try:
+            checkpoint = analysis.get_best_checkpoint(t, metric=metric, mode=mode_of(metric))
+        except Exception:
+            checkpoint = None
+        if checkpoint is None:
+            if all_trials:
+                continue  # --all: the trials that have one
+            raise UsageError(f"--trial {name}: it has no checkpoint with {metric} yet; nothing to export")
+        picked.append((name, t, Path(checkpoint.path), rows.get(name, {})))
+    if not picked:
+        raise UsageError(f"{experiment_dir}: no trial has a checkpoint with {metric} yet; nothing to export")
+    return picked
+
+
+def _check_target(target: Path) -> None:
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+        raise UsageError(f"--out {target}: exists and is not an empty folder; pick a new folder or empty it")
+
+
+def _temp_beside(target: Path) -> Path:
+    """A fresh folder next to `target` (same file system, so the final rename is atomic)."""
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+    except OSError as err:
+        raise UsageError(f"--out {target}: can't write there ({err.strerror or err}); pick a writable folder") from None
+
+
+def _finish(tmp: Path, target: Path) -> None:
+    if target.is_dir():
+        target.rmdir()  # checked empty before; rename can't replace a folder on every platform
+    os.replace(tmp, target)
+
+
+def generation_settings(exp: dict[str, Any], model) -> dict[str, Any]:
+    """The experiment's generation settings on top of the model's own generation config (as predict uses)."""
+    gen = exp["generation"]
+    config = model.generation_config
+    config.update(num_beams=gen["num_beams"], max_length=gen["max_length"], min_length=gen["min_length"],
+                  length_penalty=gen["length_penalty"], no_repeat_ngram_size=gen["no_repeat_ngram_size"],
+                  eos_token_id=model.config.eos_token_id, decoder_start_token_id=model.config.decoder_start_token_id,
+                  pad_token_id=model.config.pad_token_id)
+    return config
+
+
+def untie_weights(model) -> int:
+    """Before a merge: give every place that computes with a shared module or weight its own copy; returns how
+    many copies were made (and then records `tie_word_embeddings: false`).
+
+    A merge writes each adapter into the weight it wraps. Where that weight is shared, the merge would also change
+    the modules that never saw the adapter in training: a tied output head would take the new-token rows trained
+    for the input embeddings, and T5's encoder/decoder `embed_tokens` (the very module `shared`, which LoRA wraps
+    under that name only) would take a LoRA that only `shared` itself carried. Untied, each module merges what it
+    computed with, and the saved model computes what was evaluated."""
+    import copy
+
+    import torch
+
+    copies = 0
+    seen: set[int] = set()
+    for name, module in list(model.named_modules(remove_duplicate=False)):
+        if name and id(module) in seen:  # the same module under a second name
+            parent, _, attr = name.rpartition(".")
+            setattr(model.get_submodule(parent) if parent else model, attr, copy.deepcopy(module))
+            copies += 1
+        seen.add(id(module))
+    owners: set[int] = set()
+    for module in model.modules():
+        weight = module._parameters.get("weight")
+        if weight is None:
+            continue
+        if id(weight) in owners:  # a weight two modules share (an output head tied to the embeddings)
+            module.weight = torch.nn.Parameter(weight.detach().clone(), requires_grad=False)
+            copies += 1
+        owners.add(id(module.weight))
+    if copies:
+        model.config.tie_word_embeddings = False
+    return copies
+
+
+def _forget_tying(model) -> None:
+    if hasattr(model, "all_tied_weights_keys"):  # transformers 5 caches the tying it saves by
+        model.all_tied_weights_keys = model.get_expanded_tied_weights_keys(all_submodels=True)
+
+
+def merged_model(checkpoint: Path, meta: dict[str, Any], dtype: str):
+    """(the merged model on the CPU in `dtype`, tokenizer): predict's rebuild, dequantized and merged."""
+    import torch
+
+    from trainables.predict import load_for_inference
+
+    model, tokenizer = load_for_inference(checkpoint, meta, dequantize=True, device="cpu")
+    if hasattr(model, "merge_and_unload"):
+        untie_weights(model.get_base_model())
+        model = model.merge_and_unload()
+        _forget_tying(model)
+    model = model.to(dtype=torch.bfloat16 if dtype == "bf16" else torch.float32)
+    return model, tokenizer
+
+
+def _model_card(name: str, meta: dict[str, Any], row: dict[str, Any], trial, checkpoint: Path, dtype: str,
+                adapter_only: bool, metric: str) -> str:
+    exp, settings = meta["experiment"], meta.get("settings", {})
+    scores = {k: row.get(k) for k in ("competition_score", "rouge1", "rouge2", "rougeL", "eval_loss", "best_epoch")}
+    if adapter_only:
+        weights = (f"LoRA adapter only: load the base `{exp['model']['checkpoint']}`, add the tokenizer's tokens "
+                   "(resize the embeddings), then `PeftModel.from_pretrained`")
+    elif settings.get("eff_load_in_4bit"):
+        weights = (f"LoRA merged into the base, which trained in 4-bit ({exp['qlora']['bnb_4bit_quant_type']}): the "
+                   f"base was dequantized from its 4-bit weights to float32 before the merge; saved in {dtype}")
+    elif settings.get("eff_lora", True):
+        weights = f"LoRA merged into the full-precision base; saved in {dtype}"
+    else:
+        weights = f"fully fine-tuned weights; saved in {dtype}"
+    prefix = exp["tokenizer"]["input_prefix"]
+    gen = exp["generation"]
+    run = trial.config.get("run", {})
+    return f"""# {name}
+
+Korean dialogue summarization, exported by `tune_main7.py export` on {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M UTC}.
+
+- Base model: `{exp['model']['checkpoint']}` ({exp['model']['architecture']}; loaded from `{meta['model_path']}`)
+- Weights: {weights}
+- Trial: {trial.trial_id}, best checkpoint by {metric}: `{checkpoint}`
+- Data: `{run.get('data_dir', '?')}` (train.csv for training, dev.csv for the scores below); mode `{run.get('mode', '?')}`
+
+## Dev scores (best evaluation by {metric})
+
+```json
+{json.dumps(scores, indent=1, default=str)}
+```
+
+competition_score = mean of ROUGE-1/2/L F1 x 100 ({exp['metric']['tokenization']} tokenization).
+
+## Use
+
+```python
+from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+model = AutoModelForSeq2SeqLM.from_pretrained(DIR)
+tokenizer = AutoTokenizer.from_pretrained(DIR)
+enc = tokenizer({prefix!r} + dialogue, truncation=True, return_tensors="pt")  # truncates at {exp['tokenizer']['encoder_max_len']} tokens
+summary = tokenizer.decode(model.generate(**enc)[0], skip_special_tokens=True)
+```
+
+`generation_config.json` holds the experiment's settings (beams {gen['num_beams']}, length {gen['min_length']}-{gen['max_length']},
+no-repeat n-gram {gen['no_repeat_ngram_size']}, length penalty {gen['length_penalty']}); `config.prefix` is the input prefix
+({prefix!r}) for pipelines that read it. `python tune_main7.py predict --checkpoint DIR` also reads this folder.
+
+## Effective settings of the trial
+
+```json
+{json.dumps(settings, indent=1, ensure_ascii=False, default=str)}
+```
+
+## Experiment config
+
+```json
+{json.dumps(exp, indent=1, ensure_ascii=False, default=str)}
+```
+"""
+
+
+def _write_one(name: str, trial, checkpoint: Path, row: dict[str, Any], target: Path, adapter_only: bool,
+               dtype: str, metric: str) -> None:
+    from trainables.predict import read_meta
+    from trainables.seq2seq import TRIAL_META
+
+    meta = read_meta(checkpoint)
+    tmp = _temp_beside(target)
+    try:
+        if adapter_only:
+            if not (checkpoint / "adapter_config.json").exists():
+                raise UsageError(f"--adapter-only: {name} trained without LoRA, so it has no adapter; export it without --adapter-only")
+            for f in (*ADAPTER_FILES, *TOKENIZER_FILES, TRIAL_META):
+                if (checkpoint / f).exists():
+                    shutil.copy2(checkpoint / f, tmp / f)
+        else:
+            model, tokenizer = merged_model(checkpoint, meta, dtype)
+            model.config.prefix = meta["experiment"]["tokenizer"]["input_prefix"]
+            model.generation_config = generation_settings(meta["experiment"], model)
+            model.save_pretrained(tmp)
+            tokenizer.model_max_length = meta["experiment"]["tokenizer"]["encoder_max_len"]  # truncation=True cuts here, as in training
+            tokenizer.save_pretrained(tmp)
+            settings = {**meta.get("settings", {}), "eff_lora": False, "eff_load_in_4bit": False}
+            exported = {"from_checkpoint": str(checkpoint), "dtype": dtype, "merged": True,
+                        "trained_in_4bit": bool(meta.get("settings", {}).get("eff_load_in_4bit"))}
+            (tmp / TRIAL_META).write_text(json.dumps({**meta, "settings": settings, "export": exported},
+                                                     ensure_ascii=False, indent=1))
+        (tmp / "README.md").write_text(
+            _model_card(name, meta, row, trial, checkpoint, dtype, adapter_only, metric), encoding="utf-8")
+        _finish(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def export(experiment_dir: Path, out: Path, metric: str, trial: str | None = None, all_trials: bool = False,
+           adapter_only: bool = False, dtype: str = "fp32") -> list[Path]:
+    """Export the chosen trials (the best by default); returns the folders written."""
+    out = Path(out)
+    _check_target(out)
+    picked = choose_trials(Path(experiment_dir), metric, trial, all_trials)
+    targets = [out / name for name, *_ in picked] if all_trials else [out]
+    written = []
+    if all_trials:  # one folder per trial inside `out`, which appears whole or not at all
+        staging = _temp_beside(out)
+        try:
+            for (name, t, checkpoint, row), target in zip(picked, targets):
+                _write_one(name, t, checkpoint, row, staging / name, adapter_only, dtype, metric)
+                print(f"Exported {name} from {checkpoint}", flush=True)
+            _finish(staging, out)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        written = targets
+    else:
+        name, t, checkpoint, row = picked[0]
+        _write_one(name, t, checkpoint, row, out, adapter_only, dtype, metric)
+        print(f"Exported {name} from {checkpoint}", flush=True)
+        written = [out]
+    for path in written:
+        print(f"Model folder: {path}", flush=True)
+    return written
