@@ -233,3 +233,50 @@ def test_no_gpu_fields_without_a_gpu():
         t.stop()
     assert not set(GPU_FIELDS) & set(fields)
     assert fields["eval_s"] == 1.5 and fields["train_samples_per_s"] == 0
+
+
+@pytest.mark.parametrize("config, arch", [
+    ("01_baseline_kobart_rtx3090", "bart"),  # 4-bit base, output head tied to the embeddings, new-token rows trained
+    ("01_mt5_xlsum_ultimate", "mt5"),  # 4-bit base, LoRA on `shared` (aliased as embed_tokens) and on lm_head
+    ("02_eenzeenee_t5_rtx3090", "t5"),  # full-precision base, untied head with its own new-token rows
+])
+def test_merged_model_computes_what_the_checkpoint_computes(config, arch, standin_cache, tmp_path):
+    """The merged, saved and reloaded model gives predict's logits (within fp32 merge rounding): the adapter is
+    merged only into the modules that computed with it, a tied head or aliased embedding is untied first."""
+    import torch
+    from transformers import AutoModelForSeq2SeqLM
+
+    from trainables.config import apply_mode, load_experiment
+    from trainables.data import training_texts
+    from trainables.export import merged_model
+    from trainables.models import Environment, build_standin, decide_settings, load_model, load_tokenizer
+    from trainables.predict import load_for_inference
+
+    base = str(build_standin(arch, training_texts(ROOT / "data"), standin_cache, warm_start=False))
+    exp, _ = apply_mode(load_experiment(ROOT / "search_spaces" / f"{config}.yaml"), "smoke")
+    settings = decide_settings(exp, Environment.probe(), "standin")
+    tokenizer = load_tokenizer(base, exp["tokenizer"]["special_tokens"])
+    torch.manual_seed(0)
+    model = load_model(exp, base, tokenizer, settings)
+    with torch.no_grad():  # stands in for training: every trainable weight moves
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.05)
+    checkpoint = tmp_path / "checkpoint"
+    model.save_pretrained(checkpoint)
+    tokenizer.save_pretrained(checkpoint)
+    meta = {"experiment": exp, "model_path": base, "settings": settings.as_metrics()}
+    (checkpoint / "trial_meta.json").write_text(json.dumps(meta))
+
+    reference, _ = load_for_inference(checkpoint, meta)
+    merged, _ = merged_model(checkpoint, meta, "fp32")
+    merged.save_pretrained(tmp_path / "merged")
+    reloaded = AutoModelForSeq2SeqLM.from_pretrained(tmp_path / "merged")
+    enc = tokenizer(["#Person1#: 안녕하세요 #Person2#: 네, 반갑습니다"], return_tensors="pt")
+    new_token = tokenizer.convert_tokens_to_ids("#Person2#")
+    decoder = torch.tensor([[reference.config.decoder_start_token_id, 5, 7, new_token]])
+    with torch.no_grad():
+        want = reference(**enc, decoder_input_ids=decoder).logits
+        got = reloaded(**enc, decoder_input_ids=decoder).logits
+    assert settings.load_in_4bit == (arch != "t5")
+    assert (want - got).abs().max().item() < 1e-4 * want.abs().max().item(), (want - got).abs().max().item()
