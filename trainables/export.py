@@ -94,6 +94,7 @@ def generation_settings(exp: dict[str, Any], model) -> dict[str, Any]:
                   length_penalty=gen["length_penalty"], no_repeat_ngram_size=gen["no_repeat_ngram_size"],
                   eos_token_id=model.config.eos_token_id, decoder_start_token_id=model.config.decoder_start_token_id,
                   pad_token_id=model.config.pad_token_id)
+    config._from_model_config = False  # these are the settings to use, not defaults to re-derive from config.json
     return config
 
 
@@ -169,11 +170,13 @@ def _model_card(name: str, meta: dict[str, Any], row: dict[str, Any], trial, che
     prefix = exp["tokenizer"]["input_prefix"]
     gen = exp["generation"]
     run = trial.config.get("run", {})
+    source = str(settings.get("eff_model_source", ""))
+    standin = " — an offline stand-in with random weights (smoke mode), not the real checkpoint" if source.startswith("standin") else ""
     return f"""# {name}
 
 Korean dialogue summarization, exported by `tune_main7.py export` on {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M UTC}.
 
-- Base model: `{exp['model']['checkpoint']}` ({exp['model']['architecture']}; loaded from `{meta['model_path']}`)
+- Base model: `{exp['model']['checkpoint']}` ({exp['model']['architecture']}; loaded from `{meta['model_path']}`){standin}
 - Weights: {weights}
 - Trial: {trial.trial_id}, best checkpoint by {metric}: `{checkpoint}`
 - Data: `{run.get('data_dir', '?')}` (train.csv for training, dev.csv for the scores below); mode `{run.get('mode', '?')}`
