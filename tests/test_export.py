@@ -280,3 +280,43 @@ def test_merged_model_computes_what_the_checkpoint_computes(config, arch, standi
         got = reloaded(**enc, decoder_input_ids=decoder).logits
     assert settings.load_in_4bit == (arch != "t5")
     assert (want - got).abs().max().item() < 1e-4 * want.abs().max().item(), (want - got).abs().max().item()
+
+
+from tests.test_models import configs, small_trial_exp, standins, tiny_data, trial_config  # noqa: E402,F401  (fixtures)
+
+
+def test_trial_reports_throughput_counted_from_the_training_batches(configs, standins, tiny_data, monkeypatch):
+    """Through run_trial (no Ray), with accumulation 2 and an evaluation every step plus each epoch's end: every
+    report counts exactly the samples and label tokens the optimizer saw since the previous one."""
+    import copy
+
+    from trainables import telemetry
+    from trainables.data import read_split, tokenize_split
+    from trainables.models import load_tokenizer
+    from trainables.seq2seq import run_trial
+
+    exp = small_trial_exp(configs, num_train_epochs=2, per_device_train_batch_size=4, gradient_accumulation_steps=2,
+                          eval_steps=1)
+    counted = []
+    restart = telemetry.Telemetry.restart
+
+    def spy(self):
+        counted.append((self.samples, int(self.label_tokens)))
+        restart(self)
+
+    monkeypatch.setattr(telemetry.Telemetry, "restart", spy)
+    reports = []
+    run_trial(trial_config(copy.deepcopy(exp), standins("bart"), tiny_data), lambda m, c: reports.append(m))
+    tok = exp["tokenizer"]
+    train = tokenize_split(read_split(tiny_data, "train").frame, load_tokenizer(standins("bart"), tok["special_tokens"]),
+                           tok["input_prefix"], tok["encoder_max_len"], tok["decoder_max_len"])
+    label_tokens = sum(len(labels) for labels in train["labels"])
+    per_report = counted[1:]  # the first restart is the Trainer's on_train_begin
+    assert len(reports) == len(per_report) >= 2
+    assert sum(s for s, _ in per_report) == 2 * len(train)  # two epochs, every row once each
+    assert sum(t for _, t in per_report) == 2 * label_tokens
+    for report, (samples, _) in zip(reports, per_report):
+        # zero only where no step ran since the previous report (a step evaluation, then the epoch-end one)
+        assert (report["train_samples_per_s"] > 0) == (samples > 0) and report["eval_s"] > 0
+        assert (report["train_label_tokens_per_s"] > 0) == (samples > 0)
+        assert not set(telemetry.GPU_FIELDS) & set(report)
