@@ -36,12 +36,16 @@ def choose_trials(experiment_dir: Path, metric: str, trial: str | None, all_tria
     from trainables.report import best_trial_and_checkpoint, load_analysis, trial_rows
 
     analysis = load_analysis(experiment_dir, metric)
-    rows = {r["name"]: r for r in trial_rows(experiment_dir, metric, analysis=analysis)}
-    by_name = {t.config["experiment"]["name"]: t for t in analysis.trials}
+    rows = {r["trial_id"]: r for r in trial_rows(experiment_dir, metric, analysis=analysis)}
+    names = [t.config["experiment"]["name"] for t in analysis.trials]
+    # a search's trials share their config's name: those are told apart by trial id
+    label = lambda t: t.config["experiment"]["name"] + ("" if names.count(t.config["experiment"]["name"]) == 1 else f"-{t.trial_id}")
+    by_name = {label(t): t for t in analysis.trials}
     if trial is not None:
-        if trial not in by_name:
+        match = by_name.get(trial) or next((t for t in analysis.trials if t.trial_id == trial), None)
+        if match is None:
             raise UsageError(f"--trial {trial}: no such trial in {experiment_dir}; its trials are {', '.join(sorted(by_name))}")
-        chosen = [by_name[trial]]
+        chosen = [match]
     elif all_trials:
         chosen = [by_name[n] for n in sorted(by_name)]
     else:
@@ -51,7 +55,7 @@ def choose_trials(experiment_dir: Path, metric: str, trial: str | None, all_tria
         chosen = [best]
     picked = []
     for t in chosen:
-        name = t.config["experiment"]["name"]
+        name = label(t)
         try:
             checkpoint = analysis.get_best_checkpoint(t, metric=metric, mode=mode_of(metric))
         except Exception:
@@ -60,7 +64,7 @@ def choose_trials(experiment_dir: Path, metric: str, trial: str | None, all_tria
             if all_trials:
                 continue  # --all: the trials that have one
             raise UsageError(f"--trial {name}: it has no checkpoint with {metric} yet; nothing to export")
-        picked.append((name, t, Path(checkpoint.path), rows.get(name, {})))
+        picked.append((name, t, Path(checkpoint.path), rows.get(t.trial_id, {})))
     if not picked:
         raise UsageError(f"{experiment_dir}: no trial has a checkpoint with {metric} yet; nothing to export")
     return picked
