@@ -27,7 +27,6 @@ from trainables.launch import UsageError
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
                    "spiece.model", "sentencepiece.bpe.model", "vocab.json", "merges.txt", "chat_template.jinja")
-DTYPES = ("fp32", "bf16")
 
 
 def choose_trials(experiment_dir: Path, metric: str, trial: str | None, all_trials: bool):
@@ -148,12 +147,13 @@ def merged_model(checkpoint: Path, meta: dict[str, Any], dtype: str):
 
     from trainables.predict import load_for_inference
 
-    model, tokenizer = load_for_inference(checkpoint, meta, dequantize=True, device="cpu")
+    # quantized where predict would quantize it (the GPU where there is one), so the 4-bit weights are the same
+    model, tokenizer = load_for_inference(checkpoint, meta, dequantize=True)
     if hasattr(model, "merge_and_unload"):
         untie_weights(model.get_base_model())
         model = model.merge_and_unload()
         _forget_tying(model)
-    model = model.to(dtype=torch.bfloat16 if dtype == "bf16" else torch.float32)
+    model = model.to(device="cpu", dtype=torch.bfloat16 if dtype == "bf16" else torch.float32)
     return model, tokenizer
 
 

@@ -69,7 +69,7 @@ def read_meta(checkpoint: Path) -> dict[str, Any]:
     return data
 
 
-def load_for_inference(checkpoint: Path, meta: dict[str, Any], dequantize: bool = False, device: str | None = None):
+def load_for_inference(checkpoint: Path, meta: dict[str, Any], dequantize: bool = False):
     """(model, tokenizer) rebuilt from a checkpoint folder and its trial_meta.json. `dequantize` (export): a
     4-bit base is turned back into float32 weights from its 4-bit ones, before the adapter goes on."""
     import torch
@@ -80,7 +80,7 @@ def load_for_inference(checkpoint: Path, meta: dict[str, Any], dequantize: bool 
     checkpoint = Path(checkpoint)
     exp, settings = meta["experiment"], meta.get("settings", {})
     tokenizer = AutoTokenizer.from_pretrained(str(checkpoint))  # saved with the added tokens
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
     lora = bool(settings.get("eff_lora", (checkpoint / "adapter_config.json").exists()))
     if not lora:  # full fine-tuning: the checkpoint is the whole model
         model = AutoModelForSeq2SeqLM.from_pretrained(str(checkpoint), dtype=torch.float32).to(device)
