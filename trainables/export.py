@@ -21,7 +21,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from trainables.config import mode_of
 from trainables.launch import UsageError
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin")
@@ -30,9 +29,9 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 
 
 def choose_trials(experiment_dir: Path, metric: str, trial: str | None, all_trials: bool):
-    """[(config name, trial, its best checkpoint folder, its table row)] of the trials to export; raises
-    UsageError naming what is missing before anything is written."""
-    from trainables.report import best_trial_and_checkpoint, load_analysis, trial_rows
+    """[(config name, trial, its best checkpoint folder on disk by `metric`, its table row)] of the trials to
+    export, picked as report/predict pick them; raises UsageError naming what is missing before anything is written."""
+    from trainables.report import _frame_results, best_trial_and_checkpoint, kept_checkpoint, load_analysis, trial_rows
 
     analysis = load_analysis(experiment_dir, metric)
     rows = {r["trial_id"]: r for r in trial_rows(experiment_dir, metric, analysis=analysis)}
@@ -48,22 +47,21 @@ def choose_trials(experiment_dir: Path, metric: str, trial: str | None, all_tria
     elif all_trials:
         chosen = [by_name[n] for n in sorted(by_name)]
     else:
-        best, _ = best_trial_and_checkpoint(analysis, metric)
+        best, _, _ = best_trial_and_checkpoint(analysis, metric)
         if best is None:
             raise UsageError(f"{experiment_dir}: no trial has reported {metric} with a checkpoint yet; nothing to export")
         chosen = [best]
     picked = []
     for t in chosen:
         name = label(t)
-        try:
-            checkpoint = analysis.get_best_checkpoint(t, metric=metric, mode=mode_of(metric))
-        except Exception:
-            checkpoint = None
+        checkpoint, note = kept_checkpoint(Path(t.path), _frame_results(analysis.trial_dataframes.get(t.trial_id)), metric)
+        if note:
+            print(f"Note: {name}: {note}", flush=True)
         if checkpoint is None:
             if all_trials:
                 continue  # --all: the trials that have one
             raise UsageError(f"--trial {name}: it has no checkpoint with {metric} yet; nothing to export")
-        picked.append((name, t, Path(checkpoint.path), rows.get(t.trial_id, {})))
+        picked.append((name, t, Path(checkpoint), rows.get(t.trial_id, {})))
     if not picked:
         raise UsageError(f"{experiment_dir}: no trial has a checkpoint with {metric} yet; nothing to export")
     return picked
@@ -255,11 +253,16 @@ def _write_one(name: str, trial, checkpoint: Path, row: dict[str, Any], target: 
         raise
 
 
-def export(experiment_dir: Path, out: Path, metric: str, trial: str | None = None, all_trials: bool = False,
-           adapter_only: bool = False, dtype: str = "fp32") -> list[Path]:
-    """Export the chosen trials (the best by default); returns the folders written."""
+def export(experiment_dir: Path, out: Path, metric: str | None = None, trial: str | None = None,
+           all_trials: bool = False, adapter_only: bool = False, dtype: str = "fp32") -> list[Path]:
+    """Export the chosen trials (the best by default) ranked by `metric` (None: the one the run used); returns
+    the folders written."""
+    from trainables.report import experiment_metric
+
     out = Path(out)
     _check_target(out)
+    metric, why = experiment_metric(Path(experiment_dir), metric)
+    print(f"Checkpoints ranked by {metric} ({why})", flush=True)
     picked = choose_trials(Path(experiment_dir), metric, trial, all_trials)
     targets = [out / name for name, *_ in picked] if all_trials else [out]
     written = []
