@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 
 from trainables.data import DataError, read_split, tokenize_split
+from trainables.framing import probe_framing
 from trainables.models import build_standin, load_tokenizer
 from trainables.config import DEFAULT_SPECIAL_TOKENS
 
@@ -50,7 +51,8 @@ def test_bad_files_name_the_file_and_fix(tmp_path, content, needle):
 def test_preprocessing(arch, standin_cache):
     frame = read_split(ROOT / "data", "dev").frame.head(4)
     texts = read_split(ROOT / "data", "train").frame["dialogue"].tolist()
-    tokenizer = load_tokenizer(str(build_standin(arch, texts, standin_cache)), DEFAULT_SPECIAL_TOKENS)
+    path = str(build_standin(arch, texts, standin_cache))
+    tokenizer = load_tokenizer(path, DEFAULT_SPECIAL_TOKENS)
     # speaker tags and masks are single, ordinary (not special) tokens: decoding keeps them
     ids = tokenizer("#Person1#: 번호는 #PhoneNumber#입니다", add_special_tokens=False)["input_ids"]
     tokens = tokenizer.convert_ids_to_tokens(ids)
@@ -58,7 +60,8 @@ def test_preprocessing(arch, standin_cache):
     assert "#Person1#" in tokenizer.decode(ids, skip_special_tokens=True)
     assert "#Person1#" not in tokenizer.all_special_tokens
 
-    data = tokenize_split(frame, tokenizer, "요약: ", encoder_max_len=24, decoder_max_len=8)
+    data = tokenize_split(frame, tokenizer, "요약: ", encoder_max_len=24, decoder_max_len=8,
+                          framing=probe_framing(tokenizer, path))
     assert set(data.column_names) == {"input_ids", "attention_mask", "labels"}
     assert all(len(x) <= 24 for x in data["input_ids"]) and all(len(x) <= 8 for x in data["labels"])
     assert tokenizer.decode(data["input_ids"][0], skip_special_tokens=True).startswith("요약:")

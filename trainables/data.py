@@ -100,22 +100,16 @@ def model_inputs(dialogues: list[str], prefix: str) -> list[str]:
     return [prefix + d for d in dialogues]
 
 
-def tokenize_split(frame: pd.DataFrame, tokenizer, prefix: str, encoder_max_len: int, decoder_max_len: int):
-    """A `datasets.Dataset` of input_ids/attention_mask/labels, truncated to the configured lengths.
+def tokenize_split(frame: pd.DataFrame, tokenizer, prefix: str, encoder_max_len: int, decoder_max_len: int, framing):
+    """A `datasets.Dataset` of input_ids/attention_mask/labels, framed with BOS/EOS by `framing`
+    (trainables.framing: whatever the tokenizer adds by itself) and truncated to the configured lengths.
 
     Padding is left to the collator (dynamic padding, labels padded with -100), which matters for
     configs that allow 1,024-token inputs when most dialogues are far shorter."""
     from datasets import Dataset
 
-    enc = tokenizer(
-        model_inputs(frame["dialogue"].tolist(), prefix),
-        max_length=encoder_max_len,
-        truncation=True,
-        return_token_type_ids=False,  # KoBART's tokenizer returns them and generate() rejects them
-    )
-    columns = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+    input_ids = framing.encode_inputs(tokenizer, model_inputs(frame["dialogue"].tolist(), prefix), encoder_max_len)
+    columns = {"input_ids": input_ids, "attention_mask": [[1] * len(ids) for ids in input_ids]}
     if "summary" in frame.columns:
-        columns["labels"] = tokenizer(
-            text_target=frame["summary"].tolist(), max_length=decoder_max_len, truncation=True, return_token_type_ids=False
-        )["input_ids"]
+        columns["labels"] = framing.encode_labels(tokenizer, frame["summary"].tolist(), decoder_max_len)
     return Dataset.from_dict(columns)

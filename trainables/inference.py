@@ -6,28 +6,35 @@ from __future__ import annotations
 from typing import Any
 
 from trainables.data import model_inputs
-from trainables.metrics import clean_summary
 
 
-def generate_summaries(model, tokenizer, dialogues: list[str], exp: dict[str, Any], batch_size: int | None = None) -> list[str]:
-    """Cleaned summaries for `dialogues`: the config's prefix, lengths, beams and penalties; special tokens
+def generate_summaries(model, tokenizer, dialogues: list[str], exp: dict[str, Any], batch_size: int | None = None,
+                       framing=None) -> list[str]:
+    """Cleaned summaries for `dialogues`: the config's prefix, lengths, beams and penalties; inputs framed, the
+    decoder started and stopped as in training (trainables.framing; probed here unless given); special tokens
     removed, speaker tags and masks kept. Batches default to the config's evaluation batch."""
     import torch
 
+    from trainables.framing import probe_framing
+
     tok, gen = exp["tokenizer"], exp["generation"]
-    strip = list(tokenizer.all_special_tokens)
+    framing = framing or probe_framing(tokenizer, model.config)
+    framing.apply_to(model)
     device = next(model.parameters()).device
-    inputs = model_inputs(dialogues, tok["input_prefix"])
+    inputs = framing.encode_inputs(tokenizer, model_inputs(dialogues, tok["input_prefix"]), tok["encoder_max_len"])
     batch_size = batch_size or exp["training"]["per_device_eval_batch_size"]
     model.eval()
     out: list[str] = []
     for start in range(0, len(inputs), batch_size):
-        enc = tokenizer(inputs[start:start + batch_size], max_length=tok["encoder_max_len"], truncation=True,
-                        padding=True, return_tensors="pt", return_token_type_ids=False).to(device)
+        rows = inputs[start:start + batch_size]
+        width = max(len(r) for r in rows)
+        input_ids = torch.tensor([r + [framing.pad_id] * (width - len(r)) for r in rows], device=device)
+        attention_mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], device=device)
         with torch.no_grad():
             ids = model.generate(
-                **enc, max_length=gen["max_length"], min_length=gen["min_length"], num_beams=gen["num_beams"],
-                length_penalty=gen["length_penalty"], no_repeat_ngram_size=gen["no_repeat_ngram_size"],
+                input_ids=input_ids, attention_mask=attention_mask, max_length=gen["max_length"],
+                min_length=gen["min_length"], num_beams=gen["num_beams"], length_penalty=gen["length_penalty"],
+                no_repeat_ngram_size=gen["no_repeat_ngram_size"],
             )
-        out += [clean_summary(t, strip) for t in tokenizer.batch_decode(ids, skip_special_tokens=True)]
+        out += framing.decode(tokenizer, ids)
     return out

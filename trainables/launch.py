@@ -471,6 +471,8 @@ def check_only(args) -> int:
         print(f"ok  {exp['name']}: {exp['model']['architecture']} {exp['model']['checkpoint']}")
         if mode_changes.get(exp["name"]):
             print(f"      {args.mode} mode changes: {'; '.join(mode_changes[exp['name']])}")
+        if args.mode != "smoke" and Path(exp["model"]["checkpoint"]).is_dir():
+            print(f"      {framing_report(exp)}")
     for w in warnings:
         print(f"warning: {w}")
     return 0
@@ -497,6 +499,32 @@ def plan_command(args) -> int:
     print(f"mode {args.mode}")
     print(plan.format_forecast(fc))
     return 0
+
+
+def framing_report(exp: dict[str, Any]) -> str:
+    """For `check` on a local checkpoint: the BOS/EOS framing its tokenizer gets, and where the added tokens'
+    rows are (hub checkpoints are probed when a trial loads them; check stays offline)."""
+    from transformers import AutoConfig
+    from transformers.utils import logging as hf_logging
+
+    from trainables.framing import probe_framing
+    from trainables.models import ModelUnavailable, check_real_model, load_tokenizer, project_token_ids
+
+    hf_logging.set_verbosity_error()
+    checkpoint = exp["model"]["checkpoint"]
+    try:
+        path = check_real_model(checkpoint)
+        tokenizer = load_tokenizer(path, exp["tokenizer"]["special_tokens"])
+        config = AutoConfig.from_pretrained(path)
+        framing = probe_framing(tokenizer, config)
+    except (ModelUnavailable, OSError, ValueError) as err:
+        raise UsageError(f"model.checkpoint {checkpoint} (in {exp['name']}): {str(err).splitlines()[0]}") from None
+    ids = project_token_ids(tokenizer, exp["tokenizer"]["special_tokens"])
+    rows = getattr(config, "vocab_size", None) or len(tokenizer)
+    where = (f"; {len(ids)} added tokens at ids {ids[0]}-{ids[-1]} of {rows} model rows"
+             f"{'' if ids[-1] < rows else ', the vocabulary grows'}, their rows trained") if ids else ""
+    notes = "".join(f"; note: {n}" for n in framing.notes)
+    return f"framing {framing.describe()}{where}{notes}"
 
 
 def fail(message: str) -> int:

@@ -39,7 +39,8 @@ TINY_DIMS = {
                  encoder_attention_heads=4, decoder_attention_heads=4, max_position_embeddings=512),
 }
 TINY_VOCAB = 2000
-STANDIN_FORMAT = 3  # bump when the stand-in recipe changes, so cached ones are rebuilt
+MT5_SPARE_ROWS = 16  # at least this many embedding rows beyond the mT5 stand-in's tokenizer (room for the added tokens)
+STANDIN_FORMAT = 4  # bump when the stand-in recipe changes, so cached ones are rebuilt
 T5_FAMILY = ("t5", "mt5")
 # Unsloth's fast paths are for decoder-only models; for encoder-decoder ones it falls back to plain
 # transformers (or fails, FIELD-NOTES.md), so no family here is routed through it.
@@ -93,6 +94,8 @@ class EffectiveSettings:
     gradient_accumulation_steps: int
     notes: list[str] = field(default_factory=list)
     speed: Any = None  # trainables.speed.SpeedPlan, once planned
+    framing: str = ""  # BOS/EOS framing probed from the tokenizer (trainables.framing)
+    token_rows: str = ""  # which token rows train for the added tokens, and how
 
     def as_metrics(self) -> dict[str, Any]:
         d = {k: v for k, v in asdict(self).items() if k != "speed"}
@@ -206,7 +209,9 @@ def check_real_model(checkpoint: str) -> str:
 
 
 def _train_tokenizer(arch: str, texts: Iterable[str], vocab_size: int):
-    """A SentencePiece-style (Metaspace) tokenizer trained on local text, with the family's special tokens."""
+    """A SentencePiece-style (Metaspace) tokenizer trained on local text, with the family's special tokens at
+    the real checkpoints' ids and the real ones' behaviour: T5/mT5's append `</s>` (`<pad>`=0, `</s>`=1, no
+    `<s>`); KoBART's add nothing by themselves (`<s>`=0, `</s>`=1, `<pad>`=3, no post-processor)."""
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -215,7 +220,7 @@ def _train_tokenizer(arch: str, texts: Iterable[str], vocab_size: int):
         tok = Tokenizer(models.Unigram())
         trainer = trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=specials, unk_token="<unk>")
     else:
-        specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+        specials = ["<s>", "</s>", "<usr>", "<pad>", "<sys>", "<unk>", "<mask>"]  # KoBART's order
         tok = Tokenizer(models.BPE(unk_token="<unk>"))
         trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials)
     tok.normalizer = normalizers.NFKC()
@@ -229,11 +234,7 @@ def _train_tokenizer(arch: str, texts: Iterable[str], vocab_size: int):
     if arch in T5_FAMILY:
         tok.post_processor = processors.TemplateProcessing(single="$A </s>", pair="$A </s> $B </s>", special_tokens=[eos])
         return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
-    bos = ("<s>", tok.token_to_id("<s>"))
-    tok.post_processor = processors.TemplateProcessing(
-        single="<s> $A </s>", pair="<s> $A </s> $B </s>", special_tokens=[bos, eos]
-    )
-    return PreTrainedTokenizerFast(
+    return PreTrainedTokenizerFast(  # no post-processor: like KoBART's, it adds neither <s> nor </s>
         tokenizer_object=tok, bos_token="<s>", pad_token="<pad>", eos_token="</s>", unk_token="<unk>", mask_token="<mask>"
     )
 
@@ -243,6 +244,8 @@ def _standin_config(arch: str, size: str, tokenizer):
 
     dims = dict((REAL_DIMS if size == "real" else TINY_DIMS)[arch])
     vocab = max(dims.pop("vocab_size", 0), len(tokenizer))
+    if arch == "mt5":  # like the real one (250,112 rows for 250,100 tokens): rows to a multiple of 128, spare ones
+        vocab = max(vocab, -(-(len(tokenizer) + MT5_SPARE_ROWS) // 128) * 128)
     if arch in T5_FAMILY:
         cls = MT5Config if arch == "mt5" else T5Config
         return cls(
@@ -266,8 +269,10 @@ def _warm_start(model, tokenizer, texts: list[str], seed: int, steps: int = 300,
     words, not how to summarize, and the fine-tuning that follows has something real to improve."""
     import torch
 
+    from trainables.framing import probe_framing
+
     generator = torch.Generator().manual_seed(seed)
-    ids = [tokenizer(t, truncation=True, max_length=64)["input_ids"] for t in texts]
+    ids = probe_framing(tokenizer, model.config).encode_labels(tokenizer, texts, 64)  # ends with EOS, as in training
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
     pad = tokenizer.pad_token_id
     model.train()
@@ -302,11 +307,18 @@ def build_standin(arch: str, texts: list[str], cache_dir: Path, size: str = "tin
     tokenizer = _train_tokenizer(arch, texts, TINY_VOCAB)
     torch.manual_seed(seed)
     model = AutoModelForSeq2SeqLM.from_config(_standin_config(arch, size, tokenizer))
+    if arch in T5_FAMILY:
+        # Real T5/mT5 checkpoints have an output head of their own; transformers 5 ties it whatever the config
+        # says, so untie it here and save it (from_pretrained keeps a head stored apart untied).
+        model.lm_head.weight = torch.nn.Parameter(torch.randn_like(model.shared.weight) * model.config.d_model**-0.5)
     if warm:
         _warm_start(model, tokenizer, texts, seed=seed)
     tmp = target.with_name(target.name + f".tmp{os.getpid()}")
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
+    if arch in T5_FAMILY:
+        config_file = tmp / "config.json"
+        config_file.write_text(json.dumps({**json.loads(config_file.read_text()), "tie_word_embeddings": False}, indent=2))
     (tmp / "STANDIN.json").write_text(json.dumps({"architecture": arch, "size": size, "random_weights": True}))
     try:
         tmp.rename(target)  # atomic: a concurrent builder can't see a half-written folder
@@ -331,6 +343,14 @@ def load_tokenizer(model_path: str, special_tokens: list[str]):
     return tokenizer
 
 
+def project_token_ids(tokenizer, special_tokens: list[str]) -> list[int]:
+    """Ids of the tokens the project added to `tokenizer`: those beyond its own vocabulary (`vocab_size`, its
+    length before any token was added), whatever the model's row count. Real mT5 has 250,112 rows for
+    250,100 tokens, so these ids can lie inside the existing rows and no resize tells them apart."""
+    ids = tokenizer.convert_tokens_to_ids(list(special_tokens))
+    return sorted({i for i in ids if i is not None and i >= tokenizer.vocab_size})
+
+
 def _torch_dtype(name: str):
     import torch
 
@@ -349,10 +369,21 @@ def grow_vocabulary(model, tokenizer, seed: int) -> int:
 
     old_vocab = model.get_input_embeddings().num_embeddings
     if len(tokenizer) > old_vocab:
+        if not _head_is_tied(model):
+            # transformers 5 forces tie_word_embeddings=True on (m)T5 configs, and resizing then ties the head to
+            # the embeddings: a checkpoint's own output head (real T5/mT5 ones) would be silently replaced.
+            model.config.tie_word_embeddings = False
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model.resize_token_embeddings(len(tokenizer))
     return old_vocab
+
+
+def _head_is_tied(model) -> bool:
+    # Check the weights, not the config flag: transformers 5 forces tie_word_embeddings=True on (m)T5 configs
+    # while a checkpoint with its own lm_head tensor (mT5 XLSum) still loads it separately.
+    output = model.get_output_embeddings()
+    return output is None or output.weight is model.get_input_embeddings().weight
 
 
 def quantized_loading(qlora: dict[str, Any], precision: str, device: str) -> dict[str, Any]:
@@ -406,8 +437,8 @@ def load_model(exp: dict[str, Any], model_path: str, tokenizer, settings: Effect
     if settings.load_in_4bit:
         kwargs = quantized_loading(q, settings.precision, settings.device)
     model = AutoModelForSeq2SeqLM.from_pretrained(model_path, dtype=torch.float32, **kwargs)
-    old_vocab = grow_vocabulary(model, tokenizer, exp["training"]["seed"])
-    new_token_ids = [i for i in tokenizer.convert_tokens_to_ids(exp["tokenizer"]["special_tokens"]) if i >= old_vocab]
+    grow_vocabulary(model, tokenizer, exp["training"]["seed"])
+    new_token_ids = project_token_ids(tokenizer, exp["tokenizer"]["special_tokens"])
 
     if settings.load_in_4bit:
         from peft import prepare_model_for_kbit_training
@@ -418,6 +449,7 @@ def load_model(exp: dict[str, Any], model_path: str, tokenizer, settings: Effect
         model.enable_input_require_grads()
 
     if not settings.lora:
+        settings.token_rows = _describe_rows(new_token_ids, "full fine-tuning trains every row")
         return model
     from peft import LoraConfig, TaskType, get_peft_model
 
@@ -425,6 +457,11 @@ def load_model(exp: dict[str, Any], model_path: str, tokenizer, settings: Effect
     rank = min(q["lora_rank"], model.config.d_model)
     if rank != q["lora_rank"]:
         settings.notes.append(f"LoRA rank {q['lora_rank']} capped to the model width {rank}")
+    token_targets = _token_targets(model, targets, new_token_ids)
+    adapted = [t for t in ("embed_tokens", "shared", "lm_head") if t in targets]
+    how = ([f"rows trained in {'+'.join(token_targets)}"] if token_targets else []) + (
+        [f"LoRA on {'+'.join(adapted)}"] if adapted else [])
+    settings.token_rows = _describe_rows(new_token_ids, "; ".join(how))
     lora = LoraConfig(
         task_type=TaskType.SEQ_2_SEQ_LM,
         r=rank,
@@ -433,21 +470,27 @@ def load_model(exp: dict[str, Any], model_path: str, tokenizer, settings: Effect
         target_modules=targets,
         # New tokens' embedding rows start untrained and LoRA would leave them frozen: train those rows only,
         # on the input embeddings and on the output head (untied in T5/mT5).
-        trainable_token_indices=_token_targets(model, targets, new_token_ids) or None,
+        trainable_token_indices=token_targets or None,
     )
     model = get_peft_model(model, lora)
     return model
 
 
+def _describe_rows(ids: list[int], how: str) -> str:
+    """eff_token_rows: the added tokens' ids and how their rows are trained."""
+    if not ids:
+        return "no added tokens"
+    span = f"{ids[0]}-{ids[-1]}" if ids == list(range(ids[0], ids[-1] + 1)) else ",".join(map(str, ids))
+    return f"{len(ids)} added token rows {span}: {how}"
+
+
 def _token_targets(model, lora_targets: list[str], new_ids: list[int]) -> dict[str, list[int]]:
+    """peft's trainable_token_indices: the added tokens' rows of the input embeddings, and of the output head
+    where it is untied (T5/mT5), except where LoRA already adapts that layer."""
     if not new_ids:
         return {}
     targets = {"embed_tokens": new_ids}
-    # Check the weights, not the config flag: transformers 5 forces tie_word_embeddings=True on (m)T5 configs
-    # while a checkpoint with its own lm_head tensor (mT5 XLSum) still loads it separately.
-    output = model.get_output_embeddings()
-    tied = output is None or output.weight is model.get_input_embeddings().weight
-    if not tied and "lm_head" not in lora_targets:
+    if not _head_is_tied(model) and "lm_head" not in lora_targets:
         targets["lm_head"] = new_ids
     skip = {"embed_tokens", "shared"} & set(lora_targets)  # LoRA on the embeddings already adapts those rows
     return {k: v for k, v in targets.items() if k not in lora_targets and not (k == "embed_tokens" and skip)}

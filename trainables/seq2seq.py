@@ -133,7 +133,7 @@ def _make_callbacks(exp, run, settings: EffectiveSettings, report: Report, start
     return callbacks
 
 
-def _compute_metrics_fn(exp, tokenizer, references: list[str]):
+def _compute_metrics_fn(exp, tokenizer, references: list[str], framing):
     """ROUGE of the generated dev summaries against the dev set's own summary text.
 
     Not against the decoded labels: those went through the tokenizer, so they are cut at decoder_max_len and
@@ -143,13 +143,11 @@ def _compute_metrics_fn(exp, tokenizer, references: list[str]):
     from trainables.metrics import KoreanRouge, clean_summary
 
     scorer = KoreanRouge(exp["metric"]["tokenization"])  # the analyzer loads once per trial
-    strip = list(tokenizer.all_special_tokens)
     refs = [clean_summary(r) for r in references]
 
     def compute(eval_pred):
         preds = eval_pred.predictions[0] if isinstance(eval_pred.predictions, tuple) else eval_pred.predictions
-        preds = np.where(preds < 0, tokenizer.pad_token_id, preds)
-        decoded = [clean_summary(t, strip) for t in tokenizer.batch_decode(preds, skip_special_tokens=True)]
+        decoded = framing.decode(tokenizer, np.where(preds < 0, framing.pad_id, preds))  # cut at EOS, specials stripped
         if len(decoded) != len(refs):
             raise RuntimeError(f"{len(decoded)} predictions for {len(refs)} dev summaries: evaluation order is broken")
         scores = scorer.score(decoded, refs)
@@ -223,6 +221,7 @@ def run_trial(config: dict[str, Any], report: Report, resume_from: str | None = 
     from transformers import DataCollatorForSeq2Seq, PrinterCallback, set_seed
 
     from trainables.data import read_split, tokenize_split
+    from trainables.framing import probe_framing
 
     started = time.time()
     exp = config["experiment"]
@@ -243,12 +242,16 @@ def run_trial(config: dict[str, Any], report: Report, resume_from: str | None = 
 
     tok_cfg = exp["tokenizer"]
     tokenizer = load_tokenizer(run["model_path"], tok_cfg["special_tokens"])
+    framing = probe_framing(tokenizer, run["model_path"])  # BOS/EOS as this tokenizer and model need them
+    settings.framing = framing.describe()
+    settings.notes.extend(framing.notes)
     data_dir = Path(run["data_dir"])
     train = tokenize_split(read_split(data_dir, "train", warn=False).frame, tokenizer, tok_cfg["input_prefix"],
-                           tok_cfg["encoder_max_len"], tok_cfg["decoder_max_len"])
+                           tok_cfg["encoder_max_len"], tok_cfg["decoder_max_len"], framing)
     dev_frame = read_split(data_dir, "dev", warn=False).frame  # the driver warned
-    dev = tokenize_split(dev_frame, tokenizer, tok_cfg["input_prefix"], tok_cfg["encoder_max_len"], tok_cfg["decoder_max_len"])
-    compute_metrics = _compute_metrics_fn(exp, tokenizer, dev_frame["summary"].tolist())
+    dev = tokenize_split(dev_frame, tokenizer, tok_cfg["input_prefix"], tok_cfg["encoder_max_len"],
+                         tok_cfg["decoder_max_len"], framing)
+    compute_metrics = _compute_metrics_fn(exp, tokenizer, dev_frame["summary"].tolist(), framing)
     _InOrderEvalTrainer = speed.evaluating_trainer(_in_order_eval_trainer(), speed_plan)
     output_dir = tempfile.mkdtemp(prefix=f"hf-{exp['name']}-")
     telemetry = Telemetry(gpu=settings.device == "cuda")
@@ -259,6 +262,7 @@ def run_trial(config: dict[str, Any], report: Report, resume_from: str | None = 
             set_seed(exp["training"]["seed"])
             model = load_model(exp, run["model_path"], tokenizer, settings)
             gen = exp["generation"]
+            framing.apply_to(model)  # decoder start, EOS and forced EOS for the Trainer's generate()
             model.generation_config.update(
                 min_length=gen["min_length"], length_penalty=gen["length_penalty"],
                 no_repeat_ngram_size=gen["no_repeat_ngram_size"],
