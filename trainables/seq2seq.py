@@ -56,17 +56,56 @@ def _peak_memory() -> dict[str, float]:
     return {"peak_gpu_mem_gb": round(gpu, 3), "peak_host_mem_gb": round(host, 3)}
 
 
-def _make_callbacks(exp, run, settings: EffectiveSettings, report: Report, started: float,
-                    telemetry: Telemetry | None = None):
+class TrainLossMeter:
+    """The training loss since the last report: the Trainer subclass adds each micro-batch's loss (already a
+    share of its optimizer step's per-token mean), the report reads the mean per optimizer step and resets.
+    Independent of `logging_steps`, so a report never lacks it when logging is rarer than evaluation."""
+
+    def __init__(self):
+        self.total = None  # a tensor on the training device: no host sync per step
+        self.since_step = 0
+
+    def add(self, loss) -> None:
+        loss = loss.detach().float()
+        self.total = loss if self.total is None else self.total + loss
+
+    def take(self, global_step: int) -> float:
+        steps = global_step - self.since_step
+        mean = float(self.total.item()) / steps if self.total is not None and steps > 0 else float("nan")
+        self.total, self.since_step = None, global_step
+        return mean
+
+
+def prior_train_time(resume_from: str | None) -> float:
+    """Seconds the trial had trained before this process, from the checkpoint it resumes from."""
+    meta = Path(resume_from) / TRIAL_META if resume_from else None
+    if meta is None or not meta.is_file():
+        return 0.0
+    try:
+        return float(json.loads(meta.read_text(encoding="utf-8")).get("elapsed_s", 0.0))
+    except (ValueError, TypeError, AttributeError):
+        return 0.0
+
+
+def _make_callbacks(exp, run, settings: EffectiveSettings, report: Report, started: float, meter: TrainLossMeter,
+                    prior_s: float = 0.0, telemetry: Telemetry | None = None):
     import torch
     from transformers import EarlyStoppingCallback, TrainerCallback
 
     class EvalAtEpochEnd(TrainerCallback):
-        """With step-based evaluation, still evaluate (and checkpoint) at every epoch's end."""
+        """With step-based evaluation, still evaluate (and checkpoint) at every epoch's end, unless an
+        evaluation already ran at that very step (else the step is evaluated and reported twice)."""
+
+        def __init__(self):
+            self.last_eval_step = -1
+
+        def on_evaluate(self, args, state, control, **kwargs):
+            self.last_eval_step = state.global_step
 
         def on_epoch_end(self, args, state, control, **kwargs):
-            control.should_evaluate = True
-            control.should_save = True
+            if state.global_step != self.last_eval_step:
+                control.should_evaluate = True
+                control.should_save = True
 
     class StopOnNaN(TrainerCallback):
         def on_log(self, args, state, control, logs=None, **kwargs):
@@ -78,18 +117,32 @@ def _make_callbacks(exp, run, settings: EffectiveSettings, report: Report, start
                 )
 
     class ReportToTune(TrainerCallback):
-        """After each checkpoint save (which follows each evaluation), report its metrics with it."""
+        """After each checkpoint save (which follows each evaluation), report its metrics with it: once per
+        evaluated step, with the mean training loss since the previous report."""
+
+        def __init__(self):
+            self.last_reported_step = -1
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            meter.since_step = state.global_step  # after a resume: the steps trained from here on
 
         def on_save(self, args, state, control, **kwargs):
             evals = [h for h in state.log_history if "eval_competition_score" in h]
-            if not evals:
+            if not evals or evals[-1].get("step") != state.global_step or state.global_step == self.last_reported_step:
                 return
+            self.last_reported_step = state.global_step
             last = evals[-1]
-            losses = [h["loss"] for h in state.log_history if "loss" in h]
+            train_loss = meter.take(state.global_step)
+            if not math.isfinite(train_loss):
+                raise FloatingPointError(
+                    f"{exp['name']}: training loss is {train_loss} before step {state.global_step} (precision "
+                    f"{settings.precision}); lower training.learning_rate, or use bf16/fp32"
+                )
+            elapsed = round(prior_s + time.time() - started, 2)  # the whole trial, across resumes
             ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             (ckpt / TRIAL_META).write_text(
-                json.dumps({"experiment": exp, "model_path": run["model_path"], "settings": settings.as_metrics()},
-                           ensure_ascii=False, indent=1)
+                json.dumps({"experiment": exp, "model_path": run["model_path"], "settings": settings.as_metrics(),
+                            "elapsed_s": elapsed}, ensure_ascii=False, indent=1)
             )
             metrics = {
                 "epoch": round(state.epoch or 0.0, 4),
@@ -97,8 +150,8 @@ def _make_callbacks(exp, run, settings: EffectiveSettings, report: Report, start
                 # rouge1, rouge2, rougeL, competition_score, gen_len without the Trainer's prefix; eval_loss keeps it
                 **{(k if k == "eval_loss" else k.removeprefix("eval_")): v for k, v in last.items()
                    if k.startswith("eval_") and not k.endswith(("_runtime", "per_second"))},
-                "train_loss": losses[-1] if losses else float("nan"),
-                "elapsed_s": round(time.time() - started, 2),
+                "train_loss": train_loss,
+                "elapsed_s": elapsed,
                 **_peak_memory(),
                 **settings.as_metrics(),
                 "eff_mode_changes": "; ".join(run.get("mode_changes", {}).get(exp["name"], [])),
@@ -157,6 +210,25 @@ def _compute_metrics_fn(exp, tokenizer, references: list[str], framing):
     return compute
 
 
+def token_mean_loss(outputs, labels, num_items_in_batch=None):
+    """Cross-entropy summed over the micro-batch's label tokens, divided by the label tokens of the whole
+    accumulated batch (`num_items_in_batch`, counted by the Trainer over all its micro-batches).
+
+    Summed over the micro-batches of one optimizer step this is the per-token mean of the whole step, so the
+    gradient is the same however the step is split (8 x 1, 4 x 2, the OOM back-off's halvings), even when the
+    micro-batches hold different numbers of tokens. transformers 5 sees `**kwargs` in the T5/mT5/BART forward,
+    assumes the model divides by `num_items_in_batch` and stops dividing by the accumulation steps, but these
+    models ignore it and return a per-micro-batch mean: the gradient came out k times too large."""
+    import torch.nn.functional as F
+
+    logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
+    labels = labels.to(logits.device)
+    total = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100,
+                            reduction="sum")
+    count = num_items_in_batch if num_items_in_batch is not None else labels.ne(-100).sum()
+    return total / count
+
+
 def _in_order_eval_trainer():
     from torch.utils.data import SequentialSampler
     from transformers import Seq2SeqTrainer
@@ -164,12 +236,45 @@ def _in_order_eval_trainer():
     class InOrderEvalTrainer(CountTrainingBatches, Seq2SeqTrainer):
         """Evaluates the dev set in file order. With train_sampling_strategy="group_by_length", transformers 5
         also length-groups the evaluation batches, and predictions would no longer line up with the dev
-        summaries that compute_metrics scores them against."""
+        summaries that compute_metrics scores them against. Also feeds each micro-batch's training loss to the
+        trial's TrainLossMeter."""
+
+        loss_meter: "TrainLossMeter | None" = None
 
         def _get_eval_sampler(self, eval_dataset):
             return SequentialSampler(eval_dataset)
 
+        def training_step(self, model, inputs, num_items_in_batch=None):
+            loss = super().training_step(model, inputs, num_items_in_batch)
+            if self.loss_meter is not None:
+                self.loss_meter.add(loss)
+            return loss
+
     return InOrderEvalTrainer
+
+
+def make_trainer(exp, run, settings: EffectiveSettings, model, tokenizer, train, dev, output_dir: str,
+                 callbacks: list, compute_metrics=None, meter: "TrainLossMeter | None" = None, trainer_class=None):
+    """The Seq2SeqTrainer of a trial, with the exact accumulation loss (token_mean_loss)."""
+    from transformers import DataCollatorForSeq2Seq, PrinterCallback
+
+    trainer = (trainer_class or _in_order_eval_trainer())(
+        model=model,
+        args=_training_args(exp, run, settings, output_dir),
+        train_dataset=train,
+        eval_dataset=dev,
+        processing_class=tokenizer,
+        data_collator=DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=-100),
+        compute_metrics=compute_metrics,
+        compute_loss_func=token_mean_loss,
+        callbacks=callbacks,
+    )
+    # The loss is computed from the logits by token_mean_loss: don't also hand num_items_in_batch to a forward
+    # that would ignore it.
+    trainer.model_accepts_loss_kwargs = False
+    trainer.loss_meter = meter
+    trainer.remove_callback(PrinterCallback)  # Tune's table and our reports show progress
+    return trainer
 
 
 def _training_args(exp, run, settings: EffectiveSettings, output_dir: str):
@@ -218,7 +323,7 @@ def _training_args(exp, run, settings: EffectiveSettings, output_dir: str):
 def run_trial(config: dict[str, Any], report: Report, resume_from: str | None = None) -> dict[str, Any]:
     """Train one experiment; `report(metrics, checkpoint_dir)` is called after every evaluation."""
     import torch
-    from transformers import DataCollatorForSeq2Seq, PrinterCallback, set_seed
+    from transformers import set_seed
 
     from trainables.data import read_split, tokenize_split
     from trainables.framing import probe_framing
@@ -253,6 +358,7 @@ def run_trial(config: dict[str, Any], report: Report, resume_from: str | None = 
                          tok_cfg["decoder_max_len"], framing)
     compute_metrics = _compute_metrics_fn(exp, tokenizer, dev_frame["summary"].tolist(), framing)
     _InOrderEvalTrainer = speed.evaluating_trainer(_in_order_eval_trainer(), speed_plan)
+    prior_s = prior_train_time(resume_from)  # train_time_s counts the whole trial across resumes
     output_dir = tempfile.mkdtemp(prefix=f"hf-{exp['name']}-")
     telemetry = Telemetry(gpu=settings.device == "cuda")
     try:
@@ -269,18 +375,11 @@ def run_trial(config: dict[str, Any], report: Report, resume_from: str | None = 
             )
             trainable, total = count_parameters(model)
             log.info("%s: %d of %d parameters trainable (%s)", exp["name"], trainable, total, settings.model_source)
-            trainer = _InOrderEvalTrainer(
-                model=model,
-                args=_training_args(exp, run, settings, output_dir),
-                train_dataset=train,
-                eval_dataset=dev,
-                processing_class=tokenizer,
-                data_collator=DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=-100),
-                compute_metrics=compute_metrics,
-                callbacks=_make_callbacks(exp, run, settings, report, started, telemetry),
-            )
+            meter = TrainLossMeter()
+            trainer = make_trainer(exp, run, settings, model, tokenizer, train, dev, output_dir,
+                                   _make_callbacks(exp, run, settings, report, started, meter, prior_s, telemetry),
+                                   compute_metrics, meter, trainer_class=_InOrderEvalTrainer)
             trainer.telemetry = telemetry
-            trainer.remove_callback(PrinterCallback)  # Tune's table and our reports show progress
             speed.record_model(speed_plan, model, trainer.args)
             try:
                 result = trainer.train(resume_from_checkpoint=resume_from)
