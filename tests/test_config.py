@@ -132,3 +132,26 @@ def test_tokenization_override_and_missing_analyzer(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "kiwipiepy" else real_find_spec(name, *a))
     with pytest.raises(ConfigError, match="kiwipiepy"):
         launch.check_inputs(args)
+
+
+def test_smoke_keeps_accumulation_step_evaluation_and_early_stopping():
+    """Smoke shrinks sizes, lengths, beams and epochs only: every shipped config keeps its accumulation, early
+    stopping and step-based evaluation, the interval scaled to the sample so that each epoch has >= 2 evaluations."""
+    import math
+
+    rows = 300  # data/train.csv
+    for cfg in load_search_space(ROOT / "search_spaces"):
+        smoke, changes = apply_mode(cfg, "smoke", train_rows=rows)
+        t, full = smoke["training"], cfg.training
+        assert t["gradient_accumulation_steps"] == full.gradient_accumulation_steps > 1, cfg.name
+        assert t["early_stopping_patience"] == full.early_stopping_patience, cfg.name
+        assert t["logging_steps"] == full.logging_steps, cfg.name
+        steps_per_epoch = math.ceil(math.ceil(rows / t["per_device_train_batch_size"]) / t["gradient_accumulation_steps"])
+        assert t["eval_steps"] is not None and 1 <= t["eval_steps"] <= full.eval_steps, cfg.name
+        assert steps_per_epoch // t["eval_steps"] >= 2 or t["eval_steps"] < steps_per_epoch, cfg.name
+        touched = {c.split(":")[0] for c in changes}
+        assert touched <= {"training.num_train_epochs", "training.per_device_train_batch_size",
+                           "training.per_device_eval_batch_size", "training.eval_steps", "training.learning_rate",
+                           "training.warmup_ratio", "tokenizer.encoder_max_len", "tokenizer.decoder_max_len",
+                           "generation.num_beams", "generation.max_length", "generation.min_length",
+                           "qlora.lora_rank", "qlora.lora_alpha"}, touched

@@ -342,3 +342,30 @@ def test_trial_reports_effective_settings(configs, standins, tiny_data):
     assert reports and reports[-1]["eff_precision"] == "fp32" and reports[-1]["eff_device"] == "cpu"
     assert reports[-1]["eff_train_batch_size"] == 8 and final["eff_gradient_accumulation_steps"] == 1
     assert "unsloth off: no CUDA GPU" in reports[-1]["eff_notes"]
+
+
+def test_one_report_per_evaluation_with_the_train_loss_since_the_last(configs, standins, tiny_data, tmp_path):
+    """eval_steps with accumulation, an evaluation falling on the epoch's end, and logging rarer than evaluation
+    (the shipped configs' shape): each evaluated step is reported once, each report with a finite train loss; a
+    resumed trial's time counts the time before the resume."""
+    import shutil
+
+    exp = small_trial_exp(configs, num_train_epochs=2, per_device_train_batch_size=2, gradient_accumulation_steps=2,
+                          eval_steps=2, logging_steps=50)  # 16 rows: 4 steps per epoch, evaluations at 2, 4, 6, 8
+    reports = []
+
+    def keep(metrics, ckpt):
+        reports.append(metrics)
+        shutil.copytree(ckpt, tmp_path / f"step-{metrics['step']}")
+
+    run_trial(trial_config(copy.deepcopy(exp), standins("bart"), tiny_data), keep)
+    assert [r["step"] for r in reports] == [2, 4, 6, 8]  # before: step 4 and step 8 reported twice
+    assert all(math.isfinite(r["train_loss"]) and r["train_loss"] > 0 for r in reports)  # before: NaN in every one
+    assert len({r["train_loss"] for r in reports}) == 4  # each the mean since the previous report
+
+    resumed = []
+    run_trial(trial_config(copy.deepcopy(exp), standins("bart"), tiny_data), lambda m, c: resumed.append(m),
+              resume_from=str(tmp_path / "step-4"))
+    assert [r["step"] for r in resumed] == [6, 8]
+    assert resumed[0]["elapsed_s"] > reports[1]["elapsed_s"]  # before: restarted from zero
+    assert resumed[0]["train_loss"] == pytest.approx(reports[2]["train_loss"], rel=1e-5)

@@ -64,7 +64,8 @@ def reference_run(tmp_path_factory, standin_cache):
 
 @pytest.fixture(scope="module")
 def faulted_run(tmp_path_factory, standin_cache):
-    """The same trial, SIGKILLed once during epoch 2, with a secret in a `.env` of the working folder."""
+    """The same trial, SIGKILLed once during epoch 2, with a secret in a `.env` of the working folder, keeping the
+    2 best checkpoints (--keep-checkpoints 2)."""
     work = tmp_path_factory.mktemp("faulted")
     (work / ".env").write_text(f"WANDB_API_KEY={SECRET}\n")
     marker = work / "killed.txt"
@@ -73,7 +74,7 @@ def faulted_run(tmp_path_factory, standin_cache):
     started = time.time()
     proc = subprocess.run(
         [sys.executable, str(ROOT / "tune_main7.py"), "--mode", "smoke", "--only", TRIAL, "--storage-path",
-         str(work / "results"), "--name", "faulted", "--cache-dir", str(standin_cache)],
+         str(work / "results"), "--name", "faulted", "--cache-dir", str(standin_cache), "--keep-checkpoints", "2"],
         cwd=work, capture_output=True, text=True, timeout=900, env={**env_no_key, **env},
     )
     print(f"faulted run: {time.time() - started:.0f} s")
@@ -90,19 +91,22 @@ def test_killed_trial_is_retried_from_its_checkpoint(faulted_run):
     assert trial.num_failures == 1, "the kill counted as one failure, then the retry succeeded"
     assert "resuming from checkpoint" in proc.stdout + proc.stderr
     frame = _progress(_trial_dirs(experiment_dir)[TRIAL])
-    # Epoch 1 reported before the kill, epochs 2 and 3 after the restart; epoch 2 not reported twice.
-    assert list(frame["epoch"].round()) == [1, 2, 3]
-    assert list(frame["training_iteration"]) == [1, 2, 3]
+    # Epoch 1's evaluations reported before the kill, the rest after the restart; none reported twice.
+    assert frame["step"].is_monotonic_increasing and frame["step"].is_unique, list(frame["step"])
+    assert list(frame["training_iteration"]) == list(range(1, len(frame) + 1))
+    assert (frame["epoch"] <= 1).sum() >= 2 and frame["epoch"].max() == 3
 
 
 @pytest.mark.slow
 def test_resumed_trial_matches_an_uninterrupted_run(faulted_run, reference_run):
-    """Optimizer, scheduler, RNG and data order come back with the checkpoint.
+    """Optimizer, scheduler, RNG and data order come back with the checkpoint: the resumed trial reports what the
+    uninterrupted one reports, losses to 1e-6 relative.
 
-    Measured on the CPU (2 cores, seed fixed, torch 2.13, transformers 5): epoch 1 (before the kill) is
-    bit-for-bit equal; after the restart the losses differ in the 5th significant digit (relative 2e-5) and
-    the ROUGE of the tiny stand-in's generations by a few hundredths of a point of competition_score (0.08
-    seen): close, not exact. The tolerances below are the tightest that hold with a margin."""
+    Measured before (2 cores, torch 2.13, transformers 5.24): losses off by ~2e-5 relative after the restart. The
+    train loss was the Trainer's last log, rounded to 4 decimals and averaged over a window that restarts at the
+    resume step (the first log after a resume covers fewer steps); it is now the unrounded mean per optimizer step
+    since the previous report, the same window in both runs. train_time_s (elapsed_s) counts the time before the
+    kill too."""
     faulted = _progress(_trial_dirs(faulted_run[0])[TRIAL])
     reference = _progress(_trial_dirs(reference_run[0])[TRIAL])
     assert list(faulted["step"]) == list(reference["step"])
@@ -111,10 +115,10 @@ def test_resumed_trial_matches_an_uninterrupted_run(faulted_run, reference_run):
         if column in reference:
             assert first[0][column] == first[1][column], column  # before the kill: exactly equal
     for column in ("eval_loss", "train_loss"):
-        assert faulted[column].tolist() == pytest.approx(reference[column].tolist(), rel=1e-4), column
-    for column in ("rouge1", "rouge2", "rougeL"):
-        assert faulted[column].tolist() == pytest.approx(reference[column].tolist(), abs=0.02), column
-    assert faulted["competition_score"].tolist() == pytest.approx(reference["competition_score"].tolist(), abs=0.5)
+        assert faulted[column].tolist() == pytest.approx(reference[column].tolist(), rel=1e-6), column
+    for column in ("rouge1", "rouge2", "rougeL", "competition_score"):
+        assert faulted[column].tolist() == pytest.approx(reference[column].tolist(), abs=1e-6), column
+    assert faulted["elapsed_s"].is_monotonic_increasing, list(faulted["elapsed_s"])
 
 
 @pytest.mark.slow
@@ -126,10 +130,8 @@ def test_checkpoints_keep_best_and_latest_in_safetensors(reference_run, faulted_
         latest = frame["checkpoint_dir_name"].iloc[-1]
         ranked = frame.sort_values("competition_score", ascending=False, kind="stable")["checkpoint_dir_name"]
         shown = (kept, frame[["checkpoint_dir_name", "competition_score"]])
-        if keep == 1:  # the default: exactly the best and the latest
-            assert set(kept) == {ranked.iloc[0], latest}, shown
-        else:  # seen after a restart with keep=2: Ray may also drop the second best; best and latest always stay
-            assert {ranked.iloc[0], latest} <= set(kept) and len(kept) <= keep + 1, shown
+        # the `keep` best by score and the latest (Ray always keeps the latest)
+        assert set(kept) == {*ranked.iloc[:keep], latest}, shown
         for name in kept:
             ckpt = trial_dir / name
             assert (ckpt / "adapter_model.safetensors").is_file()

@@ -8,6 +8,7 @@ This module knows nothing of Ray or torch.
 from __future__ import annotations
 
 import copy
+import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -314,8 +315,20 @@ SMOKE_LIMITS = {
 }
 
 
-def apply_mode(cfg: ExperimentConfig, mode: str) -> tuple[dict[str, Any], list[str]]:
-    """Return the config as a plain dict for this mode, and the list of what the mode changed."""
+def smoke_eval_steps(eval_steps: int | None, train_rows: int | None, batch: int, accumulation: int) -> int | None:
+    """The config's evaluation interval, shortened so that a smoke trial on `train_rows` rows still evaluates
+    at least twice per epoch (at the interval and at the epoch's end)."""
+    if eval_steps is None or not train_rows:
+        return eval_steps
+    steps_per_epoch = math.ceil(math.ceil(train_rows / batch) / accumulation)
+    return max(1, min(eval_steps, steps_per_epoch // 2))
+
+
+def apply_mode(cfg: ExperimentConfig, mode: str, train_rows: int | None = None) -> tuple[dict[str, Any], list[str]]:
+    """Return the config as a plain dict for this mode, and the list of what the mode changed.
+
+    Smoke mode shrinks sizes, lengths, beams and epochs only: each config's gradient accumulation, early
+    stopping and step-based evaluation stay, the interval scaled to `train_rows` (the training file's rows)."""
     if mode not in MODES:
         raise ConfigError(f"unknown mode {mode!r}; use one of {', '.join(MODES)}")
     d = copy.deepcopy(cfg.model_dump())
@@ -335,9 +348,8 @@ def apply_mode(cfg: ExperimentConfig, mode: str) -> tuple[dict[str, Any], list[s
         set_value("training", "num_train_epochs", min(t["num_train_epochs"], lim["num_train_epochs"]))
         set_value("training", "per_device_train_batch_size", min(t["per_device_train_batch_size"], lim["train_batch"]))
         set_value("training", "per_device_eval_batch_size", min(t["per_device_eval_batch_size"], lim["eval_batch"]))
-        set_value("training", "gradient_accumulation_steps", 1)
-        set_value("training", "eval_steps", None)  # evaluate at each epoch's end
-        set_value("training", "logging_steps", 10)
+        set_value("training", "eval_steps", smoke_eval_steps(t["eval_steps"], train_rows, t["per_device_train_batch_size"],
+                                                             t["gradient_accumulation_steps"]))
         set_value("training", "learning_rate", max(t["learning_rate"], lim["min_learning_rate"]))
         set_value("training", "warmup_ratio", min(t["warmup_ratio"], 0.05))
         set_value("tokenizer", "encoder_max_len", min(tok["encoder_max_len"], lim["encoder_max_len"]))

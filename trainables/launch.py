@@ -46,8 +46,9 @@ def check_inputs(args, prepared=None) -> tuple[list[dict[str, Any]], list[str], 
         if errors:
             raise ConfigError("\n".join(errors))
         experiments, mode_changes = [], {}
+        train_rows = len(check_data_dir(Path(args.data_dir))["train"].frame)  # smoke scales eval_steps to it
         for cfg in configs:
-            exp, mode_changes[cfg.name] = apply_mode(cfg, args.mode)  # each trial reports them (eff_mode_changes)
+            exp, mode_changes[cfg.name] = apply_mode(cfg, args.mode, train_rows)  # each trial reports them (eff_mode_changes)
             experiments.append(exp)
     else:
         experiments, warnings, mode_changes = prepared
