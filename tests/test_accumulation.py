@@ -61,9 +61,13 @@ def first_step(exp: dict, model_path: str, data_dir, batch: int, accumulation: i
     set_seed(exp["training"]["seed"])
     model, tokenizer, settings = build(exp, model_path)
     no_dropout(model)
+    from trainables.framing import probe_framing
+
+    framing = probe_framing(tokenizer, model_path)  # as run_trial frames inputs and labels
+    framing.apply_to(model)
     tok = exp["tokenizer"]
     splits = [tokenize_split(read_split(data_dir, s).frame, tokenizer, tok["input_prefix"], tok["encoder_max_len"],
-                             tok["decoder_max_len"]) for s in ("train", "dev")]
+                             tok["decoder_max_len"], framing) for s in ("train", "dev")]
     seen: dict = {}
 
     class Capture(TrainerCallback):
@@ -148,9 +152,13 @@ def test_logged_loss_is_the_mean_per_token_loss(configs, standins, eight_rows, t
     set_seed(exp["training"]["seed"])
     model, tokenizer, _ = build(exp, path)
     no_dropout(model)
+    from trainables.framing import probe_framing
+
+    framing = probe_framing(tokenizer, path)
+    framing.apply_to(model)
     tok = exp["tokenizer"]
     rows = tokenize_split(read_split(eight_rows, "train").frame, tokenizer, tok["input_prefix"], tok["encoder_max_len"],
-                          tok["decoder_max_len"])
+                          tok["decoder_max_len"], framing)
     batch = DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=-100)([rows[i] for i in range(len(rows))])
     with torch.no_grad():
         whole = float(model(**batch).loss)
