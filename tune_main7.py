@@ -18,7 +18,6 @@ Heavy libraries (torch, ray, transformers) are imported only once a command need
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 
@@ -108,83 +107,78 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from trainables import launch
     from trainables.export import export
-    from trainables.predict import PredictError
-    from trainables.report import latest_experiment
+    from trainables.launch import UsageError
 
     if not args.out:
-        return launch.fail("export needs --out DIR, the new model folder (with --all: one subfolder per trial)")
+        raise UsageError("export needs --out DIR, the new model folder (with --all: one subfolder per trial)")
     if args.trial and args.all:
-        return launch.fail("export: pass --trial NAME or --all, not both")
-    target = Path(args.target) if args.target else latest_experiment(Path(args.storage_path))
-    problem = launch.not_an_experiment(target, args.target or args.storage_path)
-    if problem:
-        return launch.fail(problem)
-    try:
-        export(target, Path(args.out), args.metric, trial=args.trial, all_trials=args.all,
-               adapter_only=args.adapter_only, dtype=args.dtype)
-    except PredictError as err:
-        return launch.fail(str(err))
+        raise UsageError("export: pass --trial NAME or --all, not both")
+    export(_experiment(args), Path(args.out), args.metric, trial=args.trial, all_trials=args.all,
+           adapter_only=args.adapter_only, dtype=args.dtype)
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from trainables.secrets import load_dotenv_files
+    from trainables.errors import UserError
+    from trainables.process import configure_cli
 
-    load_dotenv_files()  # WANDB_API_KEY, HF_TOKEN, ... from ./.env or the repo's .env; never overrides the env
-    from trainables import launch
-    from trainables.models import ModelUnavailable
-
+    configure_cli(args.command, args.mode)
     try:
-        if args.command == "check":
-            return launch.check_only(args)
-        if args.command == "plan":
-            return launch.plan_command(args)
-        if args.command == "report":
-            from trainables.report import latest_experiment, print_summary
+        return dispatch(args)
+    except UserError as err:  # the one place a user error is caught: one line, exit 2, no traceback
+        print(f"error: {err.one_line()}", file=sys.stderr)
+        return 2
 
-            target = Path(args.target) if args.target else latest_experiment(Path(args.storage_path))
-            problem = launch.not_an_experiment(target, args.target or args.storage_path)
-            if problem:
-                return launch.fail(problem)
-            print_summary(target, args.metric)
-            return 0
-        if args.command == "predict":
-            from trainables.predict import PredictError, predict
-            from trainables.report import latest_experiment
 
-            if args.target and not args.checkpoint and (Path(args.target) / "trial_meta.json").is_file():
-                args.checkpoint, args.target = args.target, None  # a checkpoint or an exported model folder
-            if args.target or not args.checkpoint:
-                target = Path(args.target) if args.target else latest_experiment(Path(args.storage_path))
-                problem = launch.not_an_experiment(target, args.target or args.storage_path)
-                if problem:
-                    return launch.fail(problem)
-            else:
-                target = None  # a named checkpoint needs no experiment; --out defaults to the current folder
-            out = Path(args.out) if args.out else (target or Path.cwd()) / "submission.csv"
-            try:
-                predict(target, args.checkpoint, out, Path(args.data_dir) if args.data_dir else None, args.metric)
-            except PredictError as err:
-                return launch.fail(str(err))
-            return 0
-        if args.samples is not None and (args.command != "search" or args.resume):
-            return launch.fail("--samples belongs to `search` (a resumed search continues to the samples it "
-                               "started with)")
-        if args.command == "search" and not args.resume:
-            from trainables.search import run_search
+def _experiment(args) -> Path:
+    """The experiment folder report/predict read: the one named, else the latest under --storage-path."""
+    from trainables.launch import UsageError, not_an_experiment
+    from trainables.report import latest_experiment
 
-            return run_search(args)
-        if args.command == "export":
-            return _export(args)
-        if args.resume:
-            return launch.resume_grid(args)
-        return launch.run_grid(args)
-    except (*launch.KNOWN_ERRORS, ModelUnavailable) as err:
-        return launch.fail(str(err))
+    target = Path(args.target) if args.target else latest_experiment(Path(args.storage_path))
+    problem = not_an_experiment(target, args.target or args.storage_path)
+    if problem:
+        raise UsageError(problem)
+    return target
+
+
+def dispatch(args: argparse.Namespace) -> int:
+    from trainables import launch
+
+    if args.command == "check":
+        return launch.check_only(args)
+    if args.command == "plan":
+        return launch.plan_command(args)
+    if args.command == "report":
+        from trainables.report import print_summary
+
+        print_summary(_experiment(args), args.metric)
+        return 0
+    if args.command == "predict":
+        from trainables.layout import TRIAL_META
+        from trainables.predict import predict
+
+        if args.target and not args.checkpoint and (Path(args.target) / TRIAL_META).is_file():
+            args.checkpoint, args.target = args.target, None  # a checkpoint or an exported model folder
+        # a named checkpoint needs no experiment; --out then defaults to the current folder
+        target = _experiment(args) if args.target or not args.checkpoint else None
+        out = Path(args.out) if args.out else (target or Path.cwd()) / "submission.csv"
+        predict(target, args.checkpoint, out, Path(args.data_dir) if args.data_dir else None, args.metric)
+        return 0
+    if args.samples is not None and (args.command != "search" or args.resume):
+        raise launch.UsageError("--samples belongs to `search` (a resumed search continues to the samples it "
+                                "started with)")
+    if args.command == "search" and not args.resume:
+        from trainables.search import run_search
+
+        return run_search(args)
+    if args.command == "export":
+        return _export(args)
+    if args.resume:
+        return launch.resume_grid(args)
+    return launch.run_grid(args)
 
 
 if __name__ == "__main__":

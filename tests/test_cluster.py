@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from trainables.grid import GridPlan, build_tuner, experiment_location, read_marker, storage_location, write_marker
-from trainables.launch import UsageError, start_ray, storage_arg
+from trainables.launch import UsageError, start_ray
 
 
 def make_trainable(wait_s: float):
@@ -133,8 +133,6 @@ def test_gpu_trials_run_on_the_cluster_node_with_the_gpu(no_ray_address, tmp_pat
 
 def test_storage_uri_passes_through_and_local_paths_become_absolute(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert storage_arg("s3://bucket/ray_results") == "s3://bucket/ray_results"
-    assert storage_arg("rel/results") == tmp_path / "rel" / "results"
     assert storage_location("s3://bucket/ray_results") == "s3://bucket/ray_results"
     assert storage_location(Path("rel")) == str(tmp_path / "rel")
 

@@ -15,6 +15,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from trainables.errors import UserError
+
 MODES = ("smoke", "quick", "full")
 # transformers.SchedulerType values; kept here so that checking a config needs no transformers import.
 SCHEDULERS = (
@@ -35,7 +37,7 @@ def mode_of(metric: str) -> str:
     return "min" if metric == "eval_loss" else "max"
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config problem, phrased for the user: which file, which key, how to fix it."""
 
 

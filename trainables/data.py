@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from trainables.errors import UserError
+
 log = logging.getLogger(__name__)
 
 REQUIRED_COLUMNS = {
@@ -24,7 +26,7 @@ REQUIRED_COLUMNS = {
 }
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """A data problem, phrased for the user: which file, what is wrong, how to fix it."""
 
 

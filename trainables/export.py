@@ -222,7 +222,7 @@ no-repeat n-gram {gen['no_repeat_ngram_size']}, length penalty {gen['length_pena
 def _write_one(name: str, trial, checkpoint: Path, row: dict[str, Any], target: Path, adapter_only: bool,
                dtype: str, metric: str) -> None:
     from trainables.predict import read_meta
-    from trainables.seq2seq import TRIAL_META
+    from trainables.layout import TRIAL_META
 
     meta = read_meta(checkpoint)
     tmp = _temp_beside(target)

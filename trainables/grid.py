@@ -11,13 +11,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from trainables.config import mode_of
 from typing import Any
+
+from trainables.config import mode_of
+from trainables.layout import MARKER, is_uri, read_marker, storage_location  # noqa: F401  (grid.read_marker etc. too)
 
 log = logging.getLogger(__name__)
 
 EXPERIMENT_PREFIX = "main7"
-MARKER = "tune_main7.json"  # written into our experiment folders, so --resume can tell ours from others
 
 
 @dataclass
@@ -34,16 +35,6 @@ class GridPlan:
     max_failures: int = 2
     keep_checkpoints: int = 1  # the N best by metric; Ray always keeps the latest too
     search: dict[str, Any] | None = None  # a search (trainables.search): its config file, samples, dimensions
-
-
-def is_uri(path: Path | str) -> bool:
-    """s3://..., gs://..., file://...: storage that Tune reaches through pyarrow.fs, not a local path."""
-    return "://" in str(path)
-
-
-def storage_location(path: Path | str) -> str:
-    """What RunConfig(storage_path=...) gets: a URI untouched, a local path made absolute."""
-    return str(path) if is_uri(path) else str(Path(path).resolve())
 
 
 def experiment_location(plan: "GridPlan") -> str:
@@ -92,9 +83,7 @@ def build_tuner(plan: GridPlan, trainable=None, param_space=None, **search_optio
     num_samples, metric, mode); its search_alg limits concurrency itself."""
     from ray import tune
 
-    from trainables.summaries import progress_reporter, run_callbacks, use_legacy_progress_output
-
-    use_legacy_progress_output()
+    from trainables.summaries import progress_reporter, run_callbacks
 
     return tune.Tuner(
         _trainable(plan.use_gpu, trainable),
@@ -145,29 +134,11 @@ def write_marker(experiment_dir: Path | str, plan: GridPlan) -> None:
     (experiment_dir / MARKER).write_text(text)
 
 
-def read_marker(experiment_dir: Path | str) -> dict[str, Any] | None:
-    import json
-
-    if is_uri(experiment_dir):
-        import pyarrow.fs
-
-        fs, path = pyarrow.fs.FileSystem.from_uri(str(experiment_dir))
-        marker = f"{path.rstrip('/')}/{MARKER}"
-        if fs.get_file_info(marker).type != pyarrow.fs.FileType.File:
-            return None
-        with fs.open_input_stream(marker) as stream:
-            return json.loads(stream.read().decode())
-    marker = Path(experiment_dir) / MARKER
-    return json.loads(marker.read_text()) if marker.exists() else None
-
-
 def restore_tuner(experiment_dir: Path):
     from ray import tune
 
-    from trainables.summaries import default_wandb_mode, use_legacy_progress_output
-
-    use_legacy_progress_output()  # the restored RunConfig brings our progress reporter and callbacks back
-    default_wandb_mode()
+    # process.configure_cli already set RAY_AIR_NEW_OUTPUT=0 (the restored RunConfig brings our progress reporter
+    # back) and WANDB_MODE=offline without a key (the unpickled W&B callback checks for one)
     marker = read_marker(experiment_dir) or {}
     trainable = None
     if marker.get("kind") == "search":  # the searcher's and the scheduler's state come back with the Tuner

@@ -15,14 +15,16 @@ from pathlib import Path
 from typing import Any
 
 from trainables.config import SMOKE_LIMITS, ConfigError, apply_mode, load_search_space, static_problems
-from trainables.data import DataError, check_data_dir, training_texts
-from trainables.grid import MARKER, GridPlan, experiment_name, is_uri, storage_location
-from trainables.secrets import SecretLeak, check_no_secrets
+from trainables.data import check_data_dir, training_texts
+from trainables.errors import UserError
+from trainables.grid import GridPlan, experiment_name
+from trainables.layout import MARKER, is_uri, read_marker, storage_location
+from trainables.secrets import check_no_secrets
 
 log = logging.getLogger("tune_main7")
 
 
-class UsageError(RuntimeError):
+class UsageError(UserError):
     """Anything the user must fix before a run can start."""
 
 
@@ -44,7 +46,7 @@ def check_inputs(args, prepared=None) -> tuple[list[dict[str, Any]], list[str], 
             errors += e
             warnings += w
         if errors:
-            raise ConfigError("\n".join(errors))
+            raise ConfigError("; ".join(errors))
         experiments, mode_changes = [], {}
         train_rows = len(check_data_dir(Path(args.data_dir))["train"].frame)  # smoke scales eval_steps to it
         for cfg in configs:
@@ -55,7 +57,7 @@ def check_inputs(args, prepared=None) -> tuple[list[dict[str, Any]], list[str], 
     for exp in experiments:
         tokenization = getattr(args, "tokenization", None)
         if tokenization and tokenization != exp["metric"]["tokenization"]:
-            mode_changes[cfg.name].append(f"metric.tokenization: {exp['metric']['tokenization']} -> {tokenization} (--tokenization)")
+            mode_changes.setdefault(exp["name"], []).append(f"metric.tokenization: {exp['metric']['tokenization']} -> {tokenization} (--tokenization)")
             exp["metric"]["tokenization"] = tokenization
     morpheme = [e["name"] for e in experiments if e["metric"]["tokenization"] == "morpheme"]
     if morpheme and importlib.util.find_spec("kiwipiepy") is None:
@@ -76,7 +78,7 @@ def check_inputs(args, prepared=None) -> tuple[list[dict[str, Any]], list[str], 
 
         problems = [f"{e['name']}: {p}" for e in experiments if (p := checkpoint_problem(e["model"]["checkpoint"]))]
         if problems:
-            raise ConfigError("\n".join(problems))
+            raise ConfigError("; ".join(problems))
     return experiments, warnings, mode_changes
 
 
@@ -85,10 +87,7 @@ def prepare_models(experiments: list[dict[str, Any]], mode: str, data_dir: Path,
     from trainables.models import build_standin, check_real_model
 
     models: dict[str, dict] = {}
-    if mode == "smoke":
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()  # no "Writing model shards" bars for the stand-ins
+    if mode == "smoke":  # no "Writing model shards" bars: HF_HUB_DISABLE_PROGRESS_BARS (process.configure_cli)
         texts = training_texts(data_dir)
         for exp in experiments:
             arch, checkpoint = exp["model"]["architecture"], exp["model"]["checkpoint"]
@@ -146,7 +145,7 @@ def plan_run(args, prepared=None) -> GridPlan:
         experiments, max_concurrent = preflight(args, experiments, run, use_gpu, gpus, max_concurrent)
     check_no_secrets(run, "the trials' `run` config")
     return GridPlan(
-        experiments=experiments, run=run, storage_path=storage_arg(args.storage_path),
+        experiments=experiments, run=run, storage_path=storage_location(args.storage_path),
         name=name, use_gpu=use_gpu, max_concurrent=max_concurrent,
         metric=args.metric, max_failures=args.max_failures,
         keep_checkpoints=getattr(args, "keep_checkpoints", None) or 1,
@@ -203,7 +202,6 @@ def writable_problem(path: Path, what: str, flag: str) -> str | None:
 def check_outputs(args, name: str) -> None:
     """Every place a run writes, checked before anything is built or Ray starts; an existing experiment is never
     written into (its trials would vanish from report, predict and --resume)."""
-    from trainables.grid import read_marker
     from trainables.models import default_cache_dir
 
     problems = []
@@ -259,18 +257,10 @@ def fault_from_env() -> dict[str, Any] | None:
     return fault
 
 
-def storage_arg(storage_path: str) -> Path | str:
-    """--storage-path: a URI (s3://, gs://, ...) as given, for Tune to reach through pyarrow.fs; a local path made absolute."""
-    return storage_path if is_uri(storage_path) else Path(storage_path).resolve()
-
-
 def worker_env(mode: str) -> dict[str, str]:
-    env = {"TOKENIZERS_PARALLELISM": "false", "PYTHONWARNINGS": "ignore::FutureWarning,ignore::UserWarning",
-           # Tune's trial table shows progress: no per-trial load/save bars or advisory notes in the driver's output
-           "HF_HUB_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_VERBOSITY": "error",
-           "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1", "WANDB_SILENT": "true"}
-    if mode == "smoke":
-        env["HF_HUB_OFFLINE"] = "1"  # stand-ins only: never wait on a hub
+    from trainables import process
+
+    env = process.worker_env(mode)
     # Ray logs runtime_env: secrets reach the trials by inheritance from the driver's environment instead.
     check_no_secrets(env, "Ray's runtime_env env_vars")
     return env
@@ -299,8 +289,6 @@ def start_ray(args, mode: str, use_gpu: bool) -> int:
     """Start a local Ray, or connect to the cluster at --address / RAY_ADDRESS; return the cluster's GPU count."""
     import ray
 
-    # Smoke trials checkpoint every few seconds; Ray's "snapshotting may become a bottleneck" advice is noise there.
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     kwargs: dict[str, Any] = {
         "runtime_env": {"env_vars": worker_env(mode)},
         "include_dashboard": bool(args.dashboard),
@@ -329,7 +317,7 @@ def start_ray(args, mode: str, use_gpu: bool) -> int:
 def run_grid(args, plan: GridPlan | None = None, make_tuner=None) -> int:
     """Plan (unless given), start Ray, write the marker, fit, report. A search passes its plan and a
     `make_tuner(plan)` that builds its Tuner (through grid.build_tuner)."""
-    from trainables.grid import build_tuner, experiment_location, is_uri, write_marker
+    from trainables.grid import build_tuner, experiment_location, write_marker
 
     plan = plan or plan_run(args)
     experiment_dir = experiment_location(plan)
@@ -422,7 +410,7 @@ class _NoRestoreHint:
 
 
 def resume_grid(args) -> int:
-    from trainables.grid import read_marker, restore_tuner
+    from trainables.grid import restore_tuner
     from trainables.report import latest_experiment
 
     if args.resume in (None, "latest") and is_uri(args.storage_path):
@@ -455,7 +443,6 @@ def resume_grid(args) -> int:
 
 def not_an_experiment(target: Path | None, asked: object) -> str | None:
     """Why `target` can't be read as one of our experiments, or None when it can."""
-    from trainables.grid import read_marker
 
     if target is None or not Path(target).is_dir():
         return f"no experiment found at {asked}; run one first, or pass the folder printed when it started"
@@ -506,12 +493,10 @@ def framing_report(exp: dict[str, Any]) -> str:
     """For `check` on a local checkpoint: the BOS/EOS framing its tokenizer gets, and where the added tokens'
     rows are (hub checkpoints are probed when a trial loads them; check stays offline)."""
     from transformers import AutoConfig
-    from transformers.utils import logging as hf_logging
 
     from trainables.framing import probe_framing
     from trainables.models import ModelUnavailable, check_real_model, load_tokenizer, project_token_ids
 
-    hf_logging.set_verbosity_error()
     checkpoint = exp["model"]["checkpoint"]
     try:
         path = check_real_model(checkpoint)
@@ -527,10 +512,3 @@ def framing_report(exp: dict[str, Any]) -> str:
     notes = "".join(f"; note: {n}" for n in framing.notes)
     return f"framing {framing.describe()}{where}{notes}"
 
-
-def fail(message: str) -> int:
-    print(f"error: {message}", file=sys.stderr)
-    return 2
-
-
-KNOWN_ERRORS = (ConfigError, DataError, UsageError, SecretLeak)

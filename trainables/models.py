@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+from trainables.errors import UserError
 from trainables.metrics import TAG
 
 log = logging.getLogger(__name__)
@@ -47,7 +48,7 @@ T5_FAMILY = ("t5", "mt5")
 UNSLOTH_FAMILIES: frozenset[str] = frozenset()
 
 
-class ModelUnavailable(RuntimeError):
+class ModelUnavailable(UserError):
     """The config's checkpoint can't be had here (no hub access, not cached, not a folder)."""
 
 

@@ -15,13 +15,14 @@ from pathlib import Path
 from typing import Any
 
 from trainables.data import DataError
+from trainables.errors import UserError
+from trainables.layout import TRIAL_META, read_marker
 
 log = logging.getLogger("tune_main7")
 
-from trainables.seq2seq import TRIAL_META  # noqa: E402  (one name for the file, written there)
 
 
-class PredictError(RuntimeError):
+class PredictError(UserError):
     """Something the user must fix before predicting (no checkpoint yet, a folder that isn't one)."""
 
 
@@ -43,11 +44,10 @@ def best_checkpoint(experiment_dir: Path, metric: str | None = None) -> tuple[st
 
 def trained_data_dir(experiment_dir: Path | None, checkpoint: Path) -> Path | None:
     """The data folder the experiment trained on: from its marker, else from the trial's params.json."""
-    from trainables.grid import read_marker
-
     try:
-        if experiment_dir is not None and (read_marker(experiment_dir) or {}).get("data_dir"):
-            return Path(read_marker(experiment_dir)["data_dir"])
+        recorded = (read_marker(experiment_dir) or {}).get("data_dir") if experiment_dir is not None else None
+        if recorded:
+            return Path(recorded)
         params = Path(checkpoint).resolve().parent / "params.json"
         if params.is_file():
             found = json.loads(params.read_text(encoding="utf-8")).get("run", {}).get("data_dir")
@@ -112,18 +112,9 @@ def predict(experiment_dir: Path | None, checkpoint: str | None, out: Path, data
     if problem:  # before any model is loaded or summary generated
         raise PredictError(problem)
     import pandas as pd
-    from transformers.utils import logging as hf_logging
 
     from trainables.data import read_split
     from trainables.inference import generate_summaries
-
-    import warnings
-
-    warnings.filterwarnings("ignore", category=FutureWarning)  # transformers' deprecation notes, not ours to act on
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    for noisy in ("bitsandbytes", "peft"):  # e.g. bitsandbytes' "Failed to load CPU gemm_4bit_forward" on import
-        logging.getLogger(noisy).setLevel(logging.ERROR)
 
     if checkpoint is None:
         if experiment_dir is None:

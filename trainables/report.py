@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from trainables.config import mode_of
-from trainables.grid import MARKER
+from trainables.layout import MARKER, read_marker
 
 SCORE_COLUMNS = ("competition_score", "rouge1", "rouge2", "rougeL")
 EFFECTIVE_COLUMNS = ("eff_device", "eff_precision", "eff_load_in_4bit", "eff_lora", "eff_unsloth",
@@ -113,14 +113,15 @@ def trial_rows(experiment_dir: Path, metric: str = "competition_score", analysis
     return rows
 
 
-def _fmt(value: Any) -> str:
+def format_value(value: Any) -> str:
+    """A table cell or log value: floats to 4 significant digits, None/NaN as '-'."""
     if isinstance(value, float):
         return "-" if math.isnan(value) else f"{value:.4g}"
     return "-" if value is None else str(value)
 
 
 def format_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
-    cells = [[_fmt(r.get(c)) for c in columns] for r in rows]
+    cells = [[format_value(r.get(c)) for c in columns] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) if cells else len(c) for i, c in enumerate(columns)]
     line = lambda values: "  ".join(v.ljust(w) for v, w in zip(values, widths))
     return "\n".join([line(columns), line(["-" * w for w in widths]), *(line(r) for r in cells)])
@@ -131,11 +132,9 @@ def best_trial_and_checkpoint(analysis, metric: str = "competition_score"):
     trial has reported `metric`. Only a checkpoint folder that exists is named: when the best evaluation's own
     checkpoint was not kept (Tune keeps them ranked by the run's metric), the note says so and names what is
     kept, and the best kept one is returned."""
-    try:
-        best = analysis.get_best_trial(metric=metric, mode=mode_of(metric), scope="all")
-    except Exception:  # no trial reported the metric yet
-        best = None
-    if best is None:
+    best = analysis.get_best_trial(metric=metric, mode=mode_of(metric), scope="all")
+    # None when no trial reported `metric`; but Ray returns a lone trial whatever it reported
+    if best is None or metric not in (best.metric_analysis or {}):
         return None, None, None
     checkpoint, note = kept_checkpoint(Path(best.path), _frame_results(analysis.trial_dataframes.get(best.trial_id)),
                                        metric)
@@ -154,9 +153,9 @@ def kept_checkpoint(trial_dir: Path, results: list[dict[str, Any]], metric: str)
     if best["checkpoint_dir_name"] in kept:
         return str(kept[best["checkpoint_dir_name"]]), None
     on_disk = [r for r in scored if r["checkpoint_dir_name"] in kept]
-    names = ", ".join(f"{r['checkpoint_dir_name']} (epoch {_fmt(_plain(r.get('epoch')))}, {metric} "
-                      f"{_fmt(number(r[metric]))})" for r in sorted(on_disk, key=lambda r: r["checkpoint_dir_name"]))
-    note = (f"the best {metric} evaluation (epoch {_fmt(_plain(best.get('epoch')))}, {best['checkpoint_dir_name']}) "
+    names = ", ".join(f"{r['checkpoint_dir_name']} (epoch {format_value(_plain(r.get('epoch')))}, {metric} "
+                      f"{format_value(number(r[metric]))})" for r in sorted(on_disk, key=lambda r: r["checkpoint_dir_name"]))
+    note = (f"the best {metric} evaluation (epoch {format_value(_plain(best.get('epoch')))}, {best['checkpoint_dir_name']}) "
             f"was not kept: this run kept its checkpoints by another metric; kept: {names or 'none'}")
     if not on_disk:
         return None, note
@@ -166,7 +165,6 @@ def kept_checkpoint(trial_dir: Path, results: list[dict[str, Any]], metric: str)
 
 def experiment_metric(experiment_dir: Path, asked: str | None) -> tuple[str, str]:
     """(the metric report/predict rank by, and why): --metric when given, else the one the run used."""
-    from trainables.grid import read_marker
 
     try:
         recorded = (read_marker(experiment_dir) or {}).get("metric")
@@ -298,7 +296,6 @@ def print_summary(experiment_dir: Path, metric: str | None = None, plots: bool =
     trial finished, 1 otherwise. `metric` None: the one the experiment ran with."""
     metric, why = experiment_metric(experiment_dir, metric)
     analysis = load_analysis(experiment_dir, metric)
-    from trainables.grid import read_marker
 
     marker = read_marker(experiment_dir) or {}
     if marker.get("kind") == "search":  # ranked trials, best sampled values, metric against each setting

@@ -271,8 +271,8 @@ def sampled_experiment(raw: dict[str, Any], path: Path, mode: str, searched: lis
     changes = [c for c in changes if c.split(":", 1)[0] not in keep]
     try:
         ExperimentConfig.model_validate(exp)
-    except Exception as err:
-        raise ConfigError(f"{path}: after --mode {mode}: {err}") from None
+    except ValidationError as err:
+        raise ConfigError(f"{path}: after --mode {mode}: {_one_line(str(err))}") from None
     return exp, changes, warnings
 
 
@@ -299,6 +299,10 @@ def train_sampled(config: dict[str, Any]) -> None:
     """Ray's trainable for a search: the sampled config passes the schema and the static checks again (the
     driver checked the ends of each range; this checks the values really sampled), then trains."""
     from pydantic import ValidationError
+
+    from trainables.process import configure_trial_worker
+
+    configure_trial_worker()
 
     try:
         cfg = ExperimentConfig.model_validate(config["experiment"])
@@ -363,7 +367,6 @@ def search_algorithm(space: SearchSpace, metric: str, samples: int, max_concurre
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     # TPE samples at random until it has seen n_startup_trials results; few samples need a short start.
     sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(2, min(10, samples // 3)))
     searcher = OptunaSearch({d.config_key: d.distribution() for d in space.dimensions}, metric=metric,

@@ -14,6 +14,8 @@ import re
 from pathlib import Path
 from typing import Any, Iterable
 
+from trainables.errors import UserError
+
 log = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -23,7 +25,7 @@ SECRET_NAME = re.compile(r"(?i)(api[_-]?key|(^|_)token($|_)|secret|password)")  
 REDACTED = "***"
 
 
-class SecretLeak(ValueError):
+class SecretLeak(UserError, ValueError):
     """A secret would be written into params, results or logs."""
 
 

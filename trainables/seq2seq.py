@@ -29,13 +29,13 @@ from typing import Any, Callable
 
 from trainables import speed
 from trainables.config import mode_of
+from trainables.layout import TRIAL_META
 from trainables.models import EffectiveSettings, Environment, count_parameters, decide_settings, load_model, load_tokenizer
 from trainables.telemetry import CountTrainingBatches, Telemetry
 
 log = logging.getLogger("trainables.seq2seq")
 
 Report = Callable[[dict[str, Any], "str | None"], None]
-TRIAL_META = "trial_meta.json"  # written into every checkpoint: what predict needs to rebuild the model
 
 
 def halve_batch(batch_size: int, accumulation: int) -> tuple[int, int]:
@@ -412,11 +412,9 @@ def train_summarizer(config: dict[str, Any]) -> None:
     """The Ray Tune function trainable: resume from the trial's last checkpoint, report to Tune."""
     from ray import tune
 
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    for noisy in ("transformers", "datasets", "peft", "bitsandbytes"):
-        logging.getLogger(noisy).setLevel(logging.ERROR)
-    for storage in ("ray.train._internal.storage", "ray.train.v2._internal.execution.storage"):
-        logging.getLogger(storage).setLevel(logging.WARNING)  # "Checkpoint successfully created at" per report
+    from trainables.process import configure_trial_worker
+
+    configure_trial_worker()
 
     def report(metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
         checkpoint = tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None

@@ -21,7 +21,7 @@ from typing import Any
 
 from ray.tune import Callback
 
-from trainables.report import TABLE_COLUMNS, format_table, mode_of, number, summarize_results
+from trainables.report import TABLE_COLUMNS, format_table, format_value, mode_of, number, summarize_results
 from trainables.search import stopped_early
 
 LOG_COLUMNS = ("epoch", "step", "competition_score", "rouge1", "rouge2", "rougeL", "eval_loss", "train_loss",
@@ -62,7 +62,7 @@ class ExperimentSummaryCallback(Callback):
     def on_trial_result(self, iteration, trials, trial, result, **info):
         self._status[trial.trial_id] = "RUNNING"
         self._history(trial)[int(result.get("training_iteration", len(self._history(trial)) + 1))] = dict(result)
-        self._log(trial, "eval " + " ".join(f"{c}={_short(result.get(c))}" for c in LOG_COLUMNS if c in result))
+        self._log(trial, "eval " + " ".join(f"{c}={format_value(result.get(c))}" for c in LOG_COLUMNS if c in result))
         self._write(trials)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
@@ -140,8 +140,8 @@ class ExperimentSummaryCallback(Callback):
                 f"best {self.metric} per trial, at best_epoch; scores are F1, competition_score = mean x 100", "",
                 format_table(rows, TABLE_COLUMNS), ""]
         text.append("best trial: " + ("none yet" if best is None else
-                                      f"{best['name']} ({best['trial_id']}) {self.metric}={_short(best[self.metric])} "
-                                      f"at epoch {_short(best.get('best_epoch'))}"))
+                                      f"{best['name']} ({best['trial_id']}) {self.metric}={format_value(best[self.metric])} "
+                                      f"at epoch {format_value(best.get('best_epoch'))}"))
         text += [f"error in {r['name']}: {r['error']}" for r in rows if r.get("error")]
         _atomic_write(self.summary_dir / "experiment_summary.txt", "\n".join(text) + "\n")
 
@@ -150,21 +150,14 @@ def _name(trial) -> str:
     return trial.config["experiment"]["name"]
 
 
-def _short(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return "-" if value is None else str(value)
-
-
 def _error_line(trial) -> str:
-    for attr in ("error_file",):
-        try:
-            path = getattr(trial, attr)
-            if path and Path(path).exists():
-                lines = [l for l in Path(path).read_text(errors="replace").splitlines() if l.strip()]
-                return lines[-1][:300] if lines else "(empty error file)"
-        except Exception:
-            pass
+    try:
+        path = trial.error_file
+        if path and Path(path).exists():
+            lines = [l for l in Path(path).read_text(errors="replace").splitlines() if l.strip()]
+            return lines[-1][:300] if lines else "(empty error file)"
+    except (AttributeError, OSError):  # a trial without an error file attribute, or one being written
+        pass
     return "see the trial's error.txt"
 
 
@@ -172,7 +165,7 @@ def _results_on_disk(trial) -> dict[int, dict[str, Any]]:
     out: dict[int, dict[str, Any]] = {}
     try:
         path = Path(trial.path) / "result.json"
-    except Exception:
+    except (AttributeError, TypeError):  # a trial not yet placed on storage has no path
         return out
     if not path.exists():
         return out
@@ -202,8 +195,8 @@ DEFAULT_WANDB_PROJECT = "dialogue-summarization-tune"
 
 def progress_reporter(metric: str = "competition_score", searched: dict[str, str] | None = None):
     """Tune's trial table with the columns a person watches (and a search's sampled settings). Ray's new output
-    engine (the default) ignores a custom reporter, so `use_legacy_progress_output` must run in the driver
-    before `fit()`."""
+    engine (the default) ignores a custom reporter: process.configure_cli sets RAY_AIR_NEW_OUTPUT=0 in the
+    driver unless the user set it."""
     from ray.tune import CLIReporter
 
     columns = {"experiment/name": "config",
@@ -211,11 +204,6 @@ def progress_reporter(metric: str = "competition_score", searched: dict[str, str
     return CLIReporter(metric_columns=dict(PROGRESS_METRICS), parameter_columns=columns,
                        max_report_frequency=30, metric=metric, mode=mode_of(metric), sort_by_metric=False,
                        max_progress_rows=20, print_intermediate_tables=True, max_column_length=32)
-
-
-def use_legacy_progress_output() -> None:
-    """Our CLIReporter is used only with RAY_AIR_NEW_OUTPUT=0; set RAY_AIR_NEW_OUTPUT=1 for Ray's own output."""
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 
 
 def wandb_settings(run: dict[str, Any]) -> dict[str, Any] | None:
@@ -227,12 +215,6 @@ def wandb_settings(run: dict[str, Any]) -> dict[str, Any] | None:
     # No key: offline (runs land on disk; `wandb sync <dir>` uploads them later). Never a crash for a missing key.
     mode = os.environ.get("WANDB_MODE") or ("online" if os.environ.get("WANDB_API_KEY") else "offline")
     return {"project": project, "mode": mode}
-
-
-def default_wandb_mode() -> None:
-    """No W&B key: offline. Also before a restore, whose unpickled WandbLoggerCallback checks for a key."""
-    if not os.environ.get("WANDB_API_KEY") and not os.environ.get("WANDB_MODE"):
-        os.environ["WANDB_MODE"] = "offline"
 
 
 def run_callbacks(experiment_dir: str | Path, metric: str, run: dict[str, Any]) -> list:
@@ -249,9 +231,6 @@ def run_callbacks(experiment_dir: str | Path, metric: str, run: dict[str, Any]) 
     experiment_dir = local_dir
     settings = wandb_settings(run)
     if settings:
-        os.environ["WANDB_MODE"] = settings["mode"]  # read by the callback's key check in the driver
-        os.environ.setdefault("WANDB_DIR", str(experiment_dir))
-        os.environ.setdefault("WANDB_SILENT", "true")
         where = Path(experiment_dir) / "wandb"
         print(f"W&B: project {settings['project']}, {settings['mode']}, one run per trial, files in {where}"
               + ("; upload later with `wandb sync <run folder>`" if settings["mode"] == "offline" else ""), flush=True)

@@ -1,0 +1,39 @@
+"""Where things are on disk: the names of the files the driver, the trials, `report` and `predict` all read.
+
+A leaf module (no project imports), so the scheduler, the trainable, `report` and `predict` share these names
+without importing one another.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+MARKER = "tune_main7.json"  # written into our experiment folders, so --resume can tell ours from others
+TRIAL_META = "trial_meta.json"  # written into every checkpoint: what predict needs to rebuild the model
+
+
+def is_uri(path: Path | str) -> bool:
+    """s3://..., gs://..., file://...: storage that Tune reaches through pyarrow.fs, not a local path."""
+    return "://" in str(path)
+
+
+def storage_location(path: Path | str) -> str:
+    """What RunConfig(storage_path=...) gets: a URI untouched, a local path made absolute."""
+    return str(path) if is_uri(path) else str(Path(path).resolve())
+
+
+def read_marker(experiment_dir: Path | str) -> dict[str, Any] | None:
+    """The experiment's MARKER (what the run started with), or None for a folder that isn't ours."""
+    if is_uri(experiment_dir):
+        import pyarrow.fs
+
+        fs, path = pyarrow.fs.FileSystem.from_uri(str(experiment_dir))
+        marker = f"{path.rstrip('/')}/{MARKER}"
+        if fs.get_file_info(marker).type != pyarrow.fs.FileType.File:
+            return None
+        with fs.open_input_stream(marker) as stream:
+            return json.loads(stream.read().decode())
+    marker = Path(experiment_dir) / MARKER
+    return json.loads(marker.read_text()) if marker.exists() else None
