@@ -12,6 +12,7 @@ from typing import Any
 
 MARKER = "tune_main7.json"  # written into our experiment folders, so --resume can tell ours from others
 TRIAL_META = "trial_meta.json"  # written into every checkpoint: what predict needs to rebuild the model
+STOPPED_EARLY = "stopped_early.json"  # written into a trial's folder when a search's ASHA stops it early
 
 
 def is_uri(path: Path | str) -> bool:
@@ -37,3 +38,14 @@ def read_marker(experiment_dir: Path | str) -> dict[str, Any] | None:
             return json.loads(stream.read().decode())
     marker = Path(experiment_dir) / MARKER
     return json.loads(marker.read_text()) if marker.exists() else None
+
+
+def stopped_early(trial_dir: Path | str | None) -> dict[str, Any] | None:
+    """A search trial's STOPPED_EARLY record, {} when unreadable, None when ASHA did not stop it."""
+    if not trial_dir:
+        return None
+    path = Path(trial_dir) / STOPPED_EARLY
+    try:
+        return json.loads(path.read_text()) if path.is_file() else None
+    except ValueError:
+        return {}

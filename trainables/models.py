@@ -43,9 +43,6 @@ TINY_VOCAB = 2000
 MT5_SPARE_ROWS = 16  # at least this many embedding rows beyond the mT5 stand-in's tokenizer (room for the added tokens)
 STANDIN_FORMAT = 4  # bump when the stand-in recipe changes, so cached ones are rebuilt
 T5_FAMILY = ("t5", "mt5")
-# Unsloth's fast paths are for decoder-only models; for encoder-decoder ones it falls back to plain
-# transformers (or fails, FIELD-NOTES.md), so no family here is routed through it.
-UNSLOTH_FAMILIES: frozenset[str] = frozenset()
 
 
 class ModelUnavailable(UserError):
@@ -88,7 +85,7 @@ class EffectiveSettings:
     precision: str  # "bf16" | "fp16" | "fp32"
     load_in_4bit: bool
     lora: bool
-    unsloth: bool
+    unsloth: bool  # always False (see unsloth_reason): kept so every result says so
     unsloth_reason: str
     model_source: str
     train_batch_size: int
@@ -102,6 +99,18 @@ class EffectiveSettings:
         d = {k: v for k, v in asdict(self).items() if k != "speed"}
         d["notes"] = " | ".join(self.notes)
         return {**{f"eff_{k}": v for k, v in d.items()}, **(self.speed.as_metrics() if self.speed else {})}
+
+
+def unsloth_reason(requested: bool, arch: str, env: Environment) -> str:
+    """Why Unsloth is off. Its fast paths are for decoder-only models; for encoder-decoder ones it falls back to
+    plain transformers (or fails, FIELD-NOTES.md), so no family here is ever routed through it."""
+    if not requested:
+        return "not requested"
+    if not env.cuda:
+        return "no CUDA GPU (Unsloth needs one)"
+    if not env.unsloth_installed:
+        return "unsloth not installed (optional extra: pip install '.[unsloth]')"
+    return f"Unsloth has no encoder-decoder fast path for {arch}; plain transformers + peft"
 
 
 def decide_settings(exp: dict[str, Any], env: Environment, model_source: str) -> EffectiveSettings:
@@ -128,17 +137,8 @@ def decide_settings(exp: dict[str, Any], env: Environment, model_source: str) ->
         load_in_4bit = False
         notes.append("bitsandbytes not installed: 4-bit quantization off, LoRA on the full-precision base")
 
-    if not q["use_unsloth"]:
-        unsloth, reason = False, "not requested"
-    elif not env.cuda:
-        unsloth, reason = False, "no CUDA GPU (Unsloth needs one)"
-    elif not env.unsloth_installed:
-        unsloth, reason = False, "unsloth not installed (optional extra: pip install '.[unsloth]')"
-    elif arch not in UNSLOTH_FAMILIES:
-        unsloth, reason = False, f"Unsloth has no encoder-decoder fast path for {arch}; plain transformers + peft"
-    else:
-        unsloth, reason = True, "used"
-    if q["use_unsloth"] and not unsloth:
+    reason = unsloth_reason(q["use_unsloth"], arch, env)
+    if q["use_unsloth"]:
         notes.append(f"unsloth off: {reason}")
 
     return EffectiveSettings(
@@ -146,7 +146,7 @@ def decide_settings(exp: dict[str, Any], env: Environment, model_source: str) ->
         precision=precision,
         load_in_4bit=load_in_4bit,
         lora=bool(q["use_qlora"]),
-        unsloth=unsloth,
+        unsloth=False,
         unsloth_reason=reason,
         model_source=model_source,
         train_batch_size=t["per_device_train_batch_size"],

@@ -38,11 +38,11 @@ from trainables.config import (
     DIMENSION_KINDS, ConfigError, ExperimentConfig, apply_mode, is_dimension, mode_of, read_yaml,
     static_problems, validate_experiment,
 )
+from trainables.layout import STOPPED_EARLY, stopped_early
 
 log = logging.getLogger("tune_main7")
 
 SEARCH_FOLDER = "search"  # search_spaces/search/: the grid reads search_spaces/*.yaml only, never this folder
-STOPPED_EARLY = "stopped_early.json"  # written into a trial's folder when ASHA stops it before its last evaluation
 # ASHA: a trial may be stopped from its first evaluation on; at each rung (evaluations 1, 3, 9, ...) only the top
 # third of the trials that reached it go on. max_t only caps; a trial's own epochs end it first.
 ASHA_GRACE_PERIOD = 1
@@ -432,16 +432,6 @@ def run_search(args) -> int:
 
 # ---------------------------------------------------------------------------------------------------
 # Reading a search's results: ranked trials, best sampled values, metric against each searched setting
-
-
-def stopped_early(trial_dir: Path | str | None) -> dict[str, Any] | None:
-    if not trial_dir:
-        return None
-    path = Path(trial_dir) / STOPPED_EARLY
-    try:
-        return json.loads(path.read_text()) if path.is_file() else None
-    except ValueError:
-        return {}
 
 
 def sampled_values(config: dict[str, Any], dimensions: list[str]) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from typing import Any
 from ray.tune import Callback
 
 from trainables.report import TABLE_COLUMNS, format_table, format_value, mode_of, number, summarize_results
-from trainables.search import stopped_early
+from trainables.layout import stopped_early
 
 LOG_COLUMNS = ("epoch", "step", "competition_score", "rouge1", "rouge2", "rougeL", "eval_loss", "train_loss",
                "elapsed_s", "peak_gpu_mem_gb")
