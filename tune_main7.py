@@ -119,8 +119,11 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, trial_callbacks: list[dict] | None = None) -> int:
+    """`trial_callbacks`: extra Trainer callbacks for every trial, for tests and benchmarks (tests/fault_cli.py);
+    each {"factory": "module:name", "kwargs": {...}}, see trainables.seq2seq.extra_callbacks."""
     args = parse_args(argv)
+    args.trial_callbacks = trial_callbacks
     from trainables.errors import UserError
     from trainables.process import configure_cli
 

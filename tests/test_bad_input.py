@@ -8,7 +8,6 @@ and runs `tune_main7.py` (default command `run`, smoke mode unless the case says
 from __future__ import annotations
 
 import shutil
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -112,7 +111,6 @@ CASES = [
     Case("resume_foreign_dir", None, ["not an experiment started by tune_main7.py", "pass the folder printed"],
          args=["--resume", "{foreign}"]),
     Case("resume_nothing", None, ["nothing to resume", "{storage}"], args=["--resume"]),
-    Case("fault_hook_not_json", None, ["TUNE_MAIN7_FAULT", "not JSON", "unset it"], env={"TUNE_MAIN7_FAULT": "{kill"}),
 ]
 
 
@@ -140,10 +138,8 @@ def test_bad_input_stops_before_any_trial(case: Case, tmp_path: Path):
     args = [subst.get(a, a) for a in case.args]
     if "--only" not in args:
         args += ONLY
-    started = time.time()
     proc = run_cli(*args, "--search-space", str(spaces), "--data-dir", str(data), "--storage-path", str(storage),
                    "--cache-dir", str(tmp_path / "cache"), timeout=180, env=case.env)
-    elapsed = time.time() - started
 
     message = proc.stderr
     assert proc.returncode != 0, f"{case.id}: exit code 0\n{proc.stdout[-2000:]}\n{message[-2000:]}"
@@ -157,7 +153,6 @@ def test_bad_input_stops_before_any_trial(case: Case, tmp_path: Path):
     assert _snapshot(foreign) == before_foreign
     assert not (tmp_path / "cache").exists() or case.id == "model_unavailable", "stand-ins built before the error"
     assert "Experiment " not in proc.stdout and "Started a local Ray instance" not in proc.stdout + message
-    assert elapsed < 120, f"{case.id} took {elapsed:.0f} s"
 
 
 def gpu_present() -> bool:

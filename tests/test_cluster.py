@@ -111,10 +111,9 @@ def test_gpu_trials_run_on_the_cluster_node_with_the_gpu(no_ray_address, tmp_pat
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "num_gpus": 0, "include_dashboard": False})
     try:
         args = Namespace(address=cluster.address, dashboard=False)
-        began = time.time()
         with pytest.raises(UsageError, match="has no GPU"):
             start_ray(args, "quick", use_gpu=True)
-        assert time.time() - began < 60 and not ray.is_initialized()
+        assert not ray.is_initialized()
 
         gpu_node = cluster.add_node(num_cpus=1, num_gpus=1)
         cluster.wait_for_nodes()

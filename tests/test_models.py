@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 
 from tests.conftest import ROOT
+from tests.fault_injection import callback_spec
 from trainables.config import apply_mode, load_search_space
 from trainables.models import (
     EffectiveSettings,
@@ -314,7 +315,7 @@ def small_trial_exp(configs, **training) -> dict:
 def test_injected_oom_backs_off_to_a_fitting_batch(configs, standins, tiny_data):
     exp = small_trial_exp(configs, gradient_accumulation_steps=3)
     reports = []
-    final = run_trial(trial_config(exp, standins("bart"), tiny_data, fault={"oom_above_batch": 2}),
+    final = run_trial(trial_config(exp, standins("bart"), tiny_data, callbacks=[callback_spec(oom_above_batch=2)]),
                       lambda metrics, ckpt: reports.append((metrics, ckpt)))
     assert final["eff_train_batch_size"] == 2
     assert final["eff_gradient_accumulation_steps"] == 3 * 4  # 8 x 3 -> 4 x 6 -> 2 x 12

@@ -54,7 +54,7 @@ def test_parameter_count_from_dimensions_matches_a_built_model(arch, tmp_path):
 
 def test_known_dimensions_give_the_real_checkpoints_sizes():
     sizes = {arch: plan.parameter_count(plan.model_dims(arch, "not/on-disk")) / 1e6 for arch in ("mt5", "t5", "bart")}
-    assert sizes["mt5"] == pytest.approx(582, rel=0.01)  # FIELD-NOTES.md: 582M, 276M, 124M
+    assert sizes["mt5"] == pytest.approx(582, rel=0.01)  # the real checkpoints: 582M, 276M, 124M parameters
     assert sizes["t5"] == pytest.approx(276, rel=0.01)
     assert sizes["bart"] == pytest.approx(124, rel=0.01)
 

@@ -1,6 +1,6 @@
 """Failed and interrupted runs resume without losing work.
 
-- A trial process killed mid-epoch (SIGKILL, via the TUNE_MAIN7_FAULT testing hook) is retried by Tune from
+- A trial process killed mid-epoch (SIGKILL, by tests/fault_injection.py through tests/fault_cli.py) is retried by Tune from
   its last checkpoint and ends exactly where an uninterrupted run of the same trial ends.
 - A driver killed mid-run is continued by `tune_main7.py --resume [DIR]`: finished trials are kept, the others
   continue from their checkpoints.
@@ -69,13 +69,14 @@ def faulted_run(tmp_path_factory, standin_cache):
     work = tmp_path_factory.mktemp("faulted")
     (work / ".env").write_text(f"WANDB_API_KEY={SECRET}\n")
     marker = work / "killed.txt"
-    env = {"TUNE_MAIN7_FAULT": json.dumps({"kill_after_epoch": 1, "marker": str(marker)})}
+    fault = json.dumps({"kill_after_epoch": 1, "marker": str(marker)})
     env_no_key = {k: v for k, v in os.environ.items() if k != "WANDB_API_KEY"}
     started = time.time()
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "tune_main7.py"), "--mode", "smoke", "--only", TRIAL, "--storage-path",
-         str(work / "results"), "--name", "faulted", "--cache-dir", str(standin_cache), "--keep-checkpoints", "2"],
-        cwd=work, capture_output=True, text=True, timeout=900, env={**env_no_key, **env},
+        [sys.executable, str(ROOT / "tests" / "fault_cli.py"), fault, "--mode", "smoke", "--only", TRIAL,
+         "--storage-path", str(work / "results"), "--name", "faulted", "--cache-dir", str(standin_cache),
+         "--keep-checkpoints", "2"],
+        cwd=work, capture_output=True, text=True, timeout=900, env=env_no_key,
     )
     print(f"faulted run: {time.time() - started:.0f} s")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -150,7 +151,7 @@ def test_secrets_from_dotenv_are_never_written(faulted_run):
     params = json.loads(next(experiment_dir.glob("*/params.json")).read_text())
     from trainables.secrets import find_secrets
 
-    assert "fault" in params["run"] and not find_secrets(params, environ={"WANDB_API_KEY": SECRET})
+    assert "callbacks" in params["run"] and not find_secrets(params, environ={"WANDB_API_KEY": SECRET})
 
 
 def test_yaml_is_only_read_with_the_safe_loader():

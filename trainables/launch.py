@@ -107,7 +107,6 @@ def plan_run(args, prepared=None) -> GridPlan:
     """Everything decided before Ray starts; `prepared` as in check_inputs (a search's sampled config)."""
     from trainables.models import default_cache_dir
 
-    fault = fault_from_env()  # testing hook; a bad value stops here, before anything is built
     experiments, warnings, mode_changes = check_inputs(args, prepared)
     for w in warnings:
         log.warning(w)
@@ -139,8 +138,8 @@ def plan_run(args, prepared=None) -> GridPlan:
         "wandb": bool(args.wandb),
         "wandb_project": getattr(args, "wandb_project", None),
     }
-    if fault:
-        run["fault"] = fault
+    if getattr(args, "trial_callbacks", None):  # tests' and benchmarks' extension point (seq2seq.extra_callbacks)
+        run["callbacks"] = args.trial_callbacks
     if args.mode != "smoke":
         experiments, max_concurrent = preflight(args, experiments, run, use_gpu, gpus, max_concurrent)
     check_no_secrets(run, "the trials' `run` config")
@@ -236,25 +235,6 @@ def claim_experiment(location: str) -> bool:
     except OSError as err:
         raise UsageError(f"--storage-path: can't create {location} ({err.strerror}); pick a writable --storage-path") from None
     return True
-
-
-FAULT_ENV = "TUNE_MAIN7_FAULT"  # testing hook, not for users: JSON for run["fault"] (see seq2seq.InjectFault)
-
-
-def fault_from_env() -> dict[str, Any] | None:
-    import json
-
-    raw = os.environ.get(FAULT_ENV)
-    if not raw:
-        return None
-    try:
-        fault = json.loads(raw)
-    except json.JSONDecodeError as err:
-        raise UsageError(f"{FAULT_ENV} is not JSON ({err}); it is a testing hook: unset it") from None
-    if not isinstance(fault, dict):
-        raise UsageError(f"{FAULT_ENV} must be a JSON object; it is a testing hook: unset it")
-    log.warning("%s set: injecting a fault into the trials (testing hook): %s", FAULT_ENV, fault)
-    return fault
 
 
 def worker_env(mode: str) -> dict[str, str]:

@@ -26,7 +26,7 @@ from trainables.metrics import TAG
 
 log = logging.getLogger(__name__)
 
-# Real checkpoints' shapes (FIELD-NOTES.md), for real-size stand-ins on the GPU benchmark.
+# Real checkpoints' shapes (from their config.json on the hub), for real-size stand-ins on the GPU benchmark.
 REAL_DIMS = {
     "mt5": dict(d_model=768, d_ff=2048, num_layers=12, num_decoder_layers=12, num_heads=12, d_kv=64, vocab_size=250112),
     "t5": dict(d_model=768, d_ff=2048, num_layers=12, num_decoder_layers=12, num_heads=12, d_kv=64, vocab_size=50358),
@@ -103,7 +103,7 @@ class EffectiveSettings:
 
 def unsloth_reason(requested: bool, arch: str, env: Environment) -> str:
     """Why Unsloth is off. Its fast paths are for decoder-only models; for encoder-decoder ones it falls back to
-    plain transformers (or fails, FIELD-NOTES.md), so no family here is ever routed through it."""
+    plain transformers (or fails), so no family here is ever routed through it."""
     if not requested:
         return "not requested"
     if not env.cuda:

@@ -18,10 +18,8 @@ import gc
 import json
 import logging
 import math
-import os
 import resource
 import shutil
-import signal
 import tempfile
 import time
 from pathlib import Path
@@ -161,29 +159,24 @@ def _make_callbacks(exp, run, settings: EffectiveSettings, report: Report, start
             if telemetry:
                 telemetry.restart()
 
-    class InjectFault(TrainerCallback):
-        """Tests only (run.fault): kill this process once, or raise an OOM, at a chosen point."""
-
-        def __init__(self, fault: dict[str, Any]):
-            self.fault = fault
-
-        def on_step_end(self, args, state, control, **kwargs):
-            f = self.fault
-            if f.get("oom_above_batch") is not None and args.per_device_train_batch_size > f["oom_above_batch"]:
-                raise torch.OutOfMemoryError("CUDA out of memory (injected by run.fault for a test)")
-            if "kill_after_epoch" in f and (state.epoch or 0) > f["kill_after_epoch"]:
-                marker = Path(f["marker"])
-                if not marker.exists():
-                    marker.write_text(f"killed at step {state.global_step}\n")
-                    os.kill(os.getpid(), signal.SIGKILL)
-
     callbacks = [EvalAtEpochEnd(), StopOnNaN(), ReportToTune(), *([telemetry.callback()] if telemetry else [])]
     patience = exp["training"]["early_stopping_patience"]
     if patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=patience))
-    if run.get("fault"):
-        callbacks.append(InjectFault(run["fault"]))
-    return callbacks
+    return callbacks + extra_callbacks(run)
+
+
+def extra_callbacks(run: dict[str, Any]) -> list:
+    """The extension point for tests and benchmarks: run["callbacks"], each {"factory": "module:name",
+    "kwargs": {...}}, a TrainerCallback class or factory that the trial imports by name (so it reaches Ray's
+    workers as plain data) and adds to the Trainer's callbacks."""
+    import importlib
+
+    out = []
+    for spec in run.get("callbacks") or []:
+        module, _, name = spec["factory"].partition(":")
+        out.append(getattr(importlib.import_module(module), name)(**spec.get("kwargs", {})))
+    return out
 
 
 def _compute_metrics_fn(exp, tokenizer, references: list[str], framing):

@@ -1,0 +1,38 @@
+"""Faults for tests, supplied through the trainable's extension point (run["callbacks"]), never shipped.
+
+`callback_spec(...)` is what a test puts into run["callbacks"] (or passes as `trial_callbacks` to
+`tune_main7.main`): the trial imports this module by name and adds an InjectFault to its Trainer callbacks.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+from transformers import TrainerCallback
+
+
+def callback_spec(**fault: Any) -> dict[str, Any]:
+    return {"factory": "tests.fault_injection:InjectFault", "kwargs": fault}
+
+
+class InjectFault(TrainerCallback):
+    """Kill this process once after an epoch (`kill_after_epoch`, `marker`: the file that says it happened), or
+    raise a CUDA OOM while the per-device batch is above `oom_above_batch`."""
+
+    def __init__(self, kill_after_epoch: float | None = None, marker: str | None = None,
+                 oom_above_batch: int | None = None):
+        self.kill_after_epoch, self.marker, self.oom_above_batch = kill_after_epoch, marker, oom_above_batch
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.oom_above_batch is not None and args.per_device_train_batch_size > self.oom_above_batch:
+            import torch
+
+            raise torch.OutOfMemoryError("CUDA out of memory (injected by a test)")
+        if self.kill_after_epoch is not None and (state.epoch or 0) > self.kill_after_epoch:
+            marker = Path(self.marker)
+            if not marker.exists():
+                marker.write_text(f"killed at step {state.global_step}\n")
+                os.kill(os.getpid(), signal.SIGKILL)
