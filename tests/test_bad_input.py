@@ -119,6 +119,7 @@ def _snapshot(folder: Path) -> dict[str, tuple[int, int]]:
             for p in sorted(folder.rglob("*"))}
 
 
+@pytest.mark.slow  # a battery of CLI subprocesses
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_bad_input_stops_before_any_trial(case: Case, tmp_path: Path):
     if gpu_present() and case.id.endswith("without_gpu"):

@@ -82,6 +82,7 @@ def fake_two_gpu_ray(no_ray_address):
         ray.shutdown()
 
 
+@pytest.mark.slow  # starts Ray
 def test_two_gpus_two_trials_side_by_side_then_one_at_a_time(fake_two_gpu_ray, tmp_path):
     storage = tmp_path / "results"
     side_by_side = fit(two_trial_plan(storage, "two-at-once", 2, tmp_path / "b1"), wait_s=60)
@@ -102,6 +103,7 @@ def test_two_gpus_two_trials_side_by_side_then_one_at_a_time(fake_two_gpu_ray, t
             assert result["score"] == 1.0
 
 
+@pytest.mark.slow  # starts Ray
 def test_gpu_trials_run_on_the_cluster_node_with_the_gpu(no_ray_address, tmp_path):
     """A head without GPU plus a second node with one: the CLI's start_ray refuses the GPU-less cluster at once,
     then connects to it by address, max_concurrent follows the cluster's GPUs, and trials land on the GPU node."""

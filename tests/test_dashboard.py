@@ -51,6 +51,7 @@ SCRIPT = textwrap.dedent(r"""
 """)
 
 
+@pytest.mark.slow  # starts Ray
 def test_dashboard_on_localhost_with_token(tmp_path):
     pytest.importorskip("ray.dashboard")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

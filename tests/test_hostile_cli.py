@@ -55,6 +55,7 @@ def _one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> str:
     (["--max-concurrent", "0"], ["--max-concurrent", "at least 1"]),
     (["--max-concurrent", "-3"], ["--max-concurrent", "at least 1"]),
 ], ids=["mode_with_resume", "max_concurrent_0", "max_concurrent_negative"])
+@pytest.mark.slow  # a battery of CLI subprocesses
 def test_flags_that_cant_apply_are_refused(tmp_path, args, needles):
     args = [a.replace("{storage}", str(tmp_path)) for a in args]
     proc = run_cli(*args, *ONLY, "--storage-path", str(tmp_path), timeout=120)
@@ -67,6 +68,7 @@ def _snapshot(folder: Path) -> dict[str, tuple[int, int]]:
 
 @pytest.mark.parametrize("case", ["storage_under_proc", "storage_is_a_file", "cache_is_a_file", "name_taken",
                                   "name_taken_foreign"])
+@pytest.mark.slow  # a battery of CLI subprocesses
 def test_unwritable_or_taken_outputs_stop_before_ray(tmp_path, case):
     storage, afile = tmp_path / "results", tmp_path / "afile"
     storage.mkdir()
@@ -118,6 +120,7 @@ def _copy_inputs(tmp_path: Path) -> tuple[Path, Path]:
     ("fname,dialogue\nt1,안녕하세요\n,반가워요\n", ["test.csv", "empty fname", "line(s) 3"]),
     ("id,dialogue\nt1,안녕하세요\n", ["test.csv", "missing column(s) fname"]),
 ], ids=["duplicate_ids", "empty_id", "missing_column"])
+@pytest.mark.slow  # a battery of CLI subprocesses
 @pytest.mark.parametrize("command", ["check", "run"])
 def test_check_and_run_validate_test_csv(tmp_path, content, needles, command):
     spaces, data = _copy_inputs(tmp_path)
@@ -157,6 +160,7 @@ def test_unknown_key_hint_points_at_a_schema_that_exists(tmp_path):
     ("../models/kobart", ["model.checkpoint ../models/kobart", "no such folder"]),
     ("my kobart model!", ["neither a folder on disk nor a valid hub id"]),
 ], ids=["absolute_path", "relative_path", "invalid_id"])
+@pytest.mark.slow  # a battery of CLI subprocesses
 def test_model_checkpoint_neither_folder_nor_hub_id_fails_check_full(tmp_path, checkpoint, needles):
     spaces, data = _copy_inputs(tmp_path)
     path = spaces / f"{TRIAL}.yaml"

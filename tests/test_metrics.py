@@ -36,10 +36,17 @@ def morph() -> KoreanRouge:
 # --------------------------------------------------------------- constants / API
 
 
-def test_constants():
-    assert TOKENIZATIONS == ("whitespace", "morpheme")
-    assert DEFAULT_TOKENIZATION == "whitespace"
-    assert KoreanRouge().tokenization == "whitespace"
+def test_default_scorer_and_config_agree_on_tokenizations(ws):
+    """The default scorer scores as the default tokenization does, and a config accepts exactly the metric's
+    tokenizations (the two lists can't drift apart)."""
+    from typing import get_args
+
+    from trainables.config import MetricSection
+
+    pred, ref = ["#Person1#은 사과를 샀다."], ["#Person1#이 사과를 먹었다."]
+    assert KoreanRouge().score(pred, ref) == KoreanRouge(DEFAULT_TOKENIZATION).score(pred, ref) == ws.score(pred, ref)
+    assert set(get_args(MetricSection.model_fields["tokenization"].annotation)) == set(TOKENIZATIONS)
+    assert MetricSection().tokenization == DEFAULT_TOKENIZATION
 
 
 def test_invalid_tokenization_names_valid_choices():

@@ -16,7 +16,6 @@ from tests.conftest import ROOT
 from tests.fault_injection import callback_spec
 from trainables.config import apply_mode, load_search_space
 from trainables.models import (
-    EffectiveSettings,
     Environment,
     decide_settings,
     load_model,
@@ -264,14 +263,18 @@ def test_lora_without_4bit_config4_keeps_meaning(configs):
 
 
 def test_settings_record_keys(configs):
-    s = decide_settings(apply_mode(configs[MT5_CONFIG], "full")[0], gpu(), "checkpoint:x")
-    m = s.as_metrics()
-    assert m and all(k.startswith("eff_") for k in m)
-    for key in ("eff_precision", "eff_load_in_4bit", "eff_lora", "eff_unsloth", "eff_unsloth_reason", "eff_device",
-                "eff_model_source", "eff_train_batch_size", "eff_gradient_accumulation_steps", "eff_notes"):
-        assert key in m
-    assert isinstance(m["eff_notes"], str) and " | ".join(s.notes) == m["eff_notes"]
-    assert EffectiveSettings(**{k.removeprefix("eff_"): v for k, v in m.items() if k != "eff_notes"}).as_metrics()["eff_notes"] == ""
+    """The eff_* record of a config whose wishes this machine changes says what ran and why, in one string."""
+    exp = apply_mode(configs[T5_CONFIG], "full")[0]  # asks for fp16 on a T5-family model
+    exp["qlora"]["use_unsloth"] = True
+    m = decide_settings(exp, gpu(bf16=False), "checkpoint:x").as_metrics()
+    assert all(k.startswith("eff_") for k in m)
+    assert (m["eff_device"], m["eff_precision"], m["eff_unsloth"], m["eff_model_source"]) == \
+        ("cuda", "fp32", False, "checkpoint:x")
+    assert m["eff_train_batch_size"] == exp["training"]["per_device_train_batch_size"]
+    assert m["eff_gradient_accumulation_steps"] == exp["training"]["gradient_accumulation_steps"]
+    notes = m["eff_notes"].split(" | ")  # one string for Tune's results table, one note per change
+    assert len(notes) == 2 and "fp32" in notes[0] and notes[1].startswith("unsloth off: unsloth not installed")
+    assert "eff_lora" in m and "eff_load_in_4bit" in m and m["eff_unsloth_reason"] in notes[1]
 
 
 # ---------------------------------------------------------------------------------------------------

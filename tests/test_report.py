@@ -117,6 +117,7 @@ def test_predict_writes_a_submission(smoke_grid, tmp_path):
     assert not sub["summary"].str.contains("<pad>|</s>|<s>|<unk>", regex=True).any()
 
 
+@pytest.mark.slow  # starts Ray
 def test_report_and_summary_on_a_partly_failed_experiment(tmp_path):
     """One trial reports twice, one fails before any result: both listed, the failure as ERROR."""
     import ray
