@@ -40,6 +40,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 RESULT_PREFIX = "BENCH_RESULT "
+BENCH_CACHE = "/tmp/bench-cache"  # stand-ins built once per architecture, shared by every benchmark script
 MEMORY_LIMIT_GIB = 22.0  # the seed team's RTX 3090 (24 GB) less headroom
 TINY_LIMITS = {"encoder_max_len": 64, "decoder_max_len": 16}
 
@@ -56,22 +57,22 @@ def _syllables(rng: random.Random, n: int) -> list[str]:
     return [chr(0xAC00 + rng.randrange(11172)) for _ in range(n)]
 
 
-def _lexicon(seed: int = 0, size: int = 600) -> list[str]:
+def lexicon_text(seed: int = 0, size: int = 600) -> list[str]:
     """A fixed set of random Hangul 'words' (1-4 syllables from a pool of 400)."""
     rng = random.Random(seed)
     pool = _syllables(rng, 400)
     return ["".join(rng.choice(pool) for _ in range(rng.randint(1, 4))) for _ in range(size)]
 
 
-def _sentence(rng: random.Random, words: list[str], n: int) -> str:
+def sentence_text(rng: random.Random, words: list[str], n: int) -> str:
     return " ".join(rng.choice(words) for _ in range(n)) + rng.choice([".", "?", "."])
 
 
-def _dialogue(rng: random.Random, words: list[str], turns: int) -> str:
+def dialogue_text(rng: random.Random, words: list[str], turns: int) -> str:
     lines = []
     for i in range(turns):
         speaker = "#Person1#" if i % 2 == 0 else "#Person2#"
-        text = _sentence(rng, words, rng.randint(4, 12))
+        text = sentence_text(rng, words, rng.randint(4, 12))
         if rng.random() < 0.05:
             text += " #PhoneNumber#"
         lines.append(f"{speaker}: {text}")
@@ -79,13 +80,13 @@ def _dialogue(rng: random.Random, words: list[str], turns: int) -> str:
 
 
 def _summary(rng: random.Random, words: list[str], n_words: int) -> str:
-    return "#Person1#는 " + _sentence(rng, words, n_words) + " #Person2#는 " + _sentence(rng, words, n_words)
+    return "#Person1#는 " + sentence_text(rng, words, n_words) + " #Person2#는 " + sentence_text(rng, words, n_words)
 
 
 def tokenizer_corpus(rows: int = 300) -> list[str]:
     """The fixed text a stand-in tokenizer is trained on (same every run: the stand-in cache hits)."""
-    rng, words = random.Random(1), _lexicon()
-    return [_dialogue(rng, words, 12) for _ in range(rows)] + [_summary(rng, words, 15) for _ in range(rows)]
+    rng, words = random.Random(1), lexicon_text()
+    return [dialogue_text(rng, words, 12) for _ in range(rows)] + [_summary(rng, words, 15) for _ in range(rows)]
 
 
 def write_data(data_dir: Path, tokenizer, prefix: str, enc_len: int, dec_len: int, n_train: int, n_dev: int,
@@ -94,7 +95,7 @@ def write_data(data_dir: Path, tokenizer, prefix: str, enc_len: int, dec_len: in
     with the trial's own tokenizer and prefix), so truncation fills both lengths: the worst case for memory."""
     import pandas as pd
 
-    rng, words = random.Random(seed), _lexicon()
+    rng, words = random.Random(seed), lexicon_text()
 
     def long_enough(make, extend, target: int, texts_prefix: str, count: int) -> list[str]:
         texts = [make() for _ in range(count)]
@@ -109,13 +110,13 @@ def write_data(data_dir: Path, tokenizer, prefix: str, enc_len: int, dec_len: in
 
     def grow_dialogue(text: str, target: int, have: int) -> str:
         more = max(2, int((target - have) / 8) + 2)
-        return text + "\n" + _dialogue(rng, words, more)
+        return text + "\n" + dialogue_text(rng, words, more)
 
     def grow_summary(text: str, target: int, have: int) -> str:
-        return text + " " + _sentence(rng, words, max(3, (target - have) + 2))
+        return text + " " + sentence_text(rng, words, max(3, (target - have) + 2))
 
     n = n_train + n_dev
-    dialogues = long_enough(lambda: _dialogue(rng, words, 10), grow_dialogue, enc_len, prefix, n)
+    dialogues = long_enough(lambda: dialogue_text(rng, words, 10), grow_dialogue, enc_len, prefix, n)
     summaries = long_enough(lambda: _summary(rng, words, 8), grow_summary, dec_len, "", n)
     frame = pd.DataFrame({
         "fname": [f"bench_{i}" for i in range(n)], "dialogue": dialogues, "summary": summaries,
@@ -408,7 +409,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", nargs="+", metavar="NAME", help="experiment names (default: all in --search-space)")
     p.add_argument("--steps", type=int, default=6, help="optimizer steps per config (one epoch; default 6)")
     p.add_argument("--out", help="JSON results file (default benchmarks/results-<date>.json)")
-    p.add_argument("--cache-dir", default="/tmp/bench-cache", help="where stand-ins are built, once per architecture")
+    p.add_argument("--cache-dir", default=BENCH_CACHE, help="where stand-ins are built, once per architecture")
     p.add_argument("--search-space", default=str(ROOT / "search_spaces"))
     p.add_argument("--tiny", action="store_true", help="tiny stand-ins and short lengths, runs on the CPU (tests the script)")
     p.add_argument("--cpu-ok", action="store_true", help="run real-size stand-ins on the CPU too (very slow)")
@@ -427,11 +428,9 @@ def main(argv: list[str] | None = None) -> int:
     from trainables.config import load_search_space
 
     if args.one:
-        import logging
+        from trainables.process import configure_benchmark
 
-        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-        for noisy in ("transformers", "datasets", "peft", "bitsandbytes"):
-            logging.getLogger(noisy).setLevel(logging.ERROR)
+        configure_benchmark()
         cfg = load_search_space(Path(args.search_space), [args.one])[0]
         row = bench_config(cfg, args)
         print(RESULT_PREFIX + json.dumps(row, ensure_ascii=False), flush=True)

@@ -70,10 +70,12 @@ def run_grid(names: list[str], concurrent: int, bench: dict, storage: Path) -> t
 
 
 def main() -> int:
+    import gpu_configs
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--only", nargs="+", metavar="NAME")
-    parser.add_argument("--cache-dir", default="/tmp/bench-cache")
+    parser.add_argument("--cache-dir", default=gpu_configs.BENCH_CACHE)
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
 

@@ -47,7 +47,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.gpu_configs import _dialogue, _lexicon, _sentence, tokenizer_corpus  # noqa: E402
+from benchmarks.gpu_configs import BENCH_CACHE, dialogue_text, lexicon_text, sentence_text, tokenizer_corpus  # noqa: E402
 
 FULL_TRAIN, FULL_DEV = 12457, 499
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}  # dense bf16, for MFU
@@ -78,12 +78,12 @@ def draw_lengths(n: int, dialogue: tuple, summary: tuple, seed: int) -> list[tup
 
 def make_texts(tokenizer, targets: list[tuple[int, int]], seed: int) -> tuple[list[str], list[str]]:
     """Dialogues and summaries of about the target token counts for this tokenizer."""
-    rng, words = random.Random(seed), _lexicon()
-    sample = [_dialogue(rng, words, 1) for _ in range(50)]
+    rng, words = random.Random(seed), lexicon_text()
+    sample = [dialogue_text(rng, words, 1) for _ in range(50)]
     per_turn = sum(len(tokenizer(t)["input_ids"]) for t in sample) / len(sample)
-    per_word = sum(len(tokenizer(_sentence(rng, words, 10))["input_ids"]) for _ in range(50)) / 50 / 10
-    dialogues = [_dialogue(rng, words, max(1, round(d / per_turn))) for d, _ in targets]
-    summaries = ["#Person1#는 " + _sentence(rng, words, max(1, round((s - 4) / per_word))) for _, s in targets]
+    per_word = sum(len(tokenizer(sentence_text(rng, words, 10))["input_ids"]) for _ in range(50)) / 50 / 10
+    dialogues = [dialogue_text(rng, words, max(1, round(d / per_turn))) for d, _ in targets]
+    summaries = ["#Person1#는 " + sentence_text(rng, words, max(1, round((s - 4) / per_word))) for _, s in targets]
     return dialogues, summaries
 
 
@@ -676,17 +676,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profile", nargs="*", default=[], metavar="NAME", help="torch-profile these configs' steps and evaluations")
     p.add_argument("--plain-project", action="store_true", help="run the project side with `speed: off` too")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "side_by_side_out"))
-    p.add_argument("--cache-dir", default="/tmp/bench-cache")
+    p.add_argument("--cache-dir", default=BENCH_CACHE)
     p.add_argument("--search-space", default=str(ROOT / "search_spaces"))
     p.add_argument("--tiny", action="store_true", help="tiny stand-ins and lengths on the CPU: tests the script")
     args = p.parse_args(argv)
-    import logging
+    from trainables.process import configure_benchmark
 
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    for noisy in ("transformers", "datasets", "peft", "bitsandbytes"):
-        logging.getLogger(noisy).setLevel(logging.ERROR)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # stand-ins only: never wait on a hub
+    configure_benchmark()
     import torch
 
     if args.tiny:
