@@ -359,7 +359,7 @@ def stop_on_signals() -> list[int]:
     """Route SIGINT, SIGTERM and SIGHUP to Tune's graceful stop (its SIGUSR1 handler, installed while fit() runs);
     a second signal stops at once. Installed after ray.init, whose C-level SIGTERM handler aborts the driver
     without saving anything. Returns the list the received signals are appended to."""
-    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # our handler serves Ctrl-C too, so all three act alike
+    # process.configure_cli sets TUNE_DISABLE_SIGINT_HANDLER=1: this handler serves Ctrl-C too, so all three act alike
     logging.getLogger("ray.tune.tune").addFilter(_NoRestoreHint())
     received: list[int] = []
 

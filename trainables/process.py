@@ -77,6 +77,7 @@ def configure_cli(command: str = "run", mode: str = "smoke") -> None:
     for name, value in DRIVER_ENV.items():
         os.environ.setdefault(name, value)
     default_wandb_mode()
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # launch.stop_on_signals serves Ctrl-C like SIGTERM/SIGHUP
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # read when transformers is imported
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     if command in ("predict", "report", "plan") or mode == "smoke":  # no "Writing model shards"/loading bars
