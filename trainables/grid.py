@@ -134,12 +134,13 @@ def write_marker(experiment_dir: Path | str, plan: GridPlan) -> None:
     (experiment_dir / MARKER).write_text(text)
 
 
-def restore_tuner(experiment_dir: Path):
+def restore_tuner(experiment_dir: Path, marker: dict[str, Any] | None = None):
+    """The interrupted experiment's Tuner; `marker`: its MARKER when the caller has read it already."""
     from ray import tune
 
     # process.configure_cli already set RAY_AIR_NEW_OUTPUT=0 (the restored RunConfig brings our progress reporter
     # back) and WANDB_MODE=offline without a key (the unpickled W&B callback checks for one)
-    marker = read_marker(experiment_dir) or {}
+    marker = marker if marker is not None else read_marker(experiment_dir) or {}
     trainable = None
     if marker.get("kind") == "search":  # the searcher's and the scheduler's state come back with the Tuner
         from trainables.search import train_sampled as trainable

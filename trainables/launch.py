@@ -417,7 +417,7 @@ def resume_grid(args) -> int:
             raise UsageError(problem)
     print(f"Resuming {target}", flush=True)
     start_ray(args, marker["mode"], marker["use_gpu"])
-    return fit_until_done_or_stopped(restore_tuner(target), target,
+    return fit_until_done_or_stopped(restore_tuner(target, marker), target,
                                      getattr(args, "metric", None) or marker.get("metric", "competition_score"))
 
 
