@@ -31,7 +31,7 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 def choose_trials(experiment_dir: Path, metric: str, trial: str | None, all_trials: bool):
     """[(config name, trial, its best checkpoint folder on disk by `metric`, its table row)] of the trials to
     export, picked as report/predict pick them; raises UsageError naming what is missing before anything is written."""
-    from trainables.report import _frame_results, best_trial_and_checkpoint, kept_checkpoint, load_analysis, trial_rows
+    from trainables.report import best_trial_and_checkpoint, frame_results, kept_checkpoint, load_analysis, trial_rows
 
     analysis = load_analysis(experiment_dir, metric)
     rows = {r["trial_id"]: r for r in trial_rows(experiment_dir, metric, analysis=analysis)}
@@ -54,7 +54,7 @@ def choose_trials(experiment_dir: Path, metric: str, trial: str | None, all_tria
     picked = []
     for t in chosen:
         name = label(t)
-        checkpoint, note = kept_checkpoint(Path(t.path), _frame_results(analysis.trial_dataframes.get(t.trial_id)), metric)
+        checkpoint, note = kept_checkpoint(Path(t.path), frame_results(analysis.trial_dataframes.get(t.trial_id)), metric)
         if note:
             print(f"Note: {name}: {note}", flush=True)
         if checkpoint is None:

@@ -91,7 +91,7 @@ def summarize_results(results: list[dict[str, Any]], metric: str = "competition_
     return row
 
 
-def _frame_results(frame) -> list[dict[str, Any]]:
+def frame_results(frame) -> list[dict[str, Any]]:
     if frame is None or len(frame) == 0:
         return []
     if "training_iteration" in frame:
@@ -108,7 +108,7 @@ def trial_rows(experiment_dir: Path, metric: str = "competition_score", analysis
         exp = trial.config["experiment"]
         rows.append({
             "name": exp["name"], "model": exp["model"]["checkpoint"], "status": trial.status,
-            "trial_id": trial.trial_id, **summarize_results(_frame_results(frames.get(trial.trial_id)), metric),
+            "trial_id": trial.trial_id, **summarize_results(frame_results(frames.get(trial.trial_id)), metric),
         })
     return rows
 
@@ -136,7 +136,7 @@ def best_trial_and_checkpoint(analysis, metric: str = "competition_score"):
     # None when no trial reported `metric`; but Ray returns a lone trial whatever it reported
     if best is None or metric not in (best.metric_analysis or {}):
         return None, None, None
-    checkpoint, note = kept_checkpoint(Path(best.path), _frame_results(analysis.trial_dataframes.get(best.trial_id)),
+    checkpoint, note = kept_checkpoint(Path(best.path), frame_results(analysis.trial_dataframes.get(best.trial_id)),
                                        metric)
     return best, checkpoint, note
 
@@ -266,7 +266,7 @@ def plot_utilization(experiment_dir: Path, out_dir: Path | None = None, analysis
     for ax, (column, label) in zip(axes.flat, panels):
         drawn = 0
         for i, trial in enumerate(sorted(analysis.trials, key=lambda t: t.config["experiment"]["name"])):
-            frame = _frame_results(frames.get(trial.trial_id))
+            frame = frame_results(frames.get(trial.trial_id))
             points = [(number(r.get("elapsed_s")), number(r.get(column))) for r in frame]
             points = [(x, y) for x, y in points if x is not None and y is not None]
             if points:
