@@ -47,6 +47,10 @@ def dotenv_candidates(cwd: Path | None = None) -> list[Path]:
 def load_dotenv_files(paths: Iterable[Path] | None = None) -> list[Path]:
     """Load `.env` files into os.environ without overriding what is already set; return the files read.
 
+    Into os.environ on purpose (called once, by process.configure_cli): a local Ray's trial workers and the W&B
+    logging actors inherit the driver's environment, which is how a key reaches them without going through Ray's
+    runtime_env (logged in plain text); and `redact`/`find_secrets` look for these values there.
+
     Logs only the file names and the variable names, never a value."""
     try:
         from dotenv import dotenv_values
