@@ -292,6 +292,7 @@ def test_trial_reports_throughput_counted_from_the_training_batches(configs, sta
 
     from trainables import telemetry
     from trainables.data import read_split, tokenize_split
+    from trainables.framing import probe_framing
     from trainables.models import load_tokenizer
     from trainables.seq2seq import run_trial
 
@@ -308,8 +309,10 @@ def test_trial_reports_throughput_counted_from_the_training_batches(configs, sta
     reports = []
     run_trial(trial_config(copy.deepcopy(exp), standins("bart"), tiny_data), lambda m, c: reports.append(m))
     tok = exp["tokenizer"]
-    train = tokenize_split(read_split(tiny_data, "train").frame, load_tokenizer(standins("bart"), tok["special_tokens"]),
-                           tok["input_prefix"], tok["encoder_max_len"], tok["decoder_max_len"])
+    tokenizer = load_tokenizer(standins("bart"), tok["special_tokens"])
+    framing = probe_framing(tokenizer, str(standins("bart")))  # as run_trial frames the labels it counts
+    train = tokenize_split(read_split(tiny_data, "train").frame, tokenizer, tok["input_prefix"], tok["encoder_max_len"],
+                           tok["decoder_max_len"], framing)
     label_tokens = sum(len(labels) for labels in train["labels"])
     per_report = counted[1:]  # the first restart is the Trainer's on_train_begin
     assert len(reports) == len(per_report) >= 2
