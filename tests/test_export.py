@@ -323,3 +323,103 @@ def test_trial_reports_throughput_counted_from_the_training_batches(configs, sta
         assert (report["train_samples_per_s"] > 0) == (samples > 0) and report["eval_s"] > 0
         assert (report["train_label_tokens_per_s"] > 0) == (samples > 0)
         assert not set(telemetry.GPU_FIELDS) & set(report)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Framing (trainables.framing) carried into the exported folder, for each foreign tokenizer layout
+
+from tests.foreign_checkpoints import LAYOUTS  # noqa: E402
+from tests.test_framing import CONFIG_FOR, foreign  # noqa: E402,F401  (the session's foreign model folders)
+
+# Plain transformers in a fresh interpreter: the saved tokenizer's own input ids and generate()'s summaries.
+PLAIN_FRAMED = textwrap.dedent("""
+    import json, sys
+    import torch
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+    folder, texts, out = sys.argv[1], json.loads(open(sys.argv[2], encoding="utf-8").read()), sys.argv[3]
+    model = AutoModelForSeq2SeqLM.from_pretrained(folder).eval()
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    ids, summaries = [], []
+    for text in texts:
+        enc = tokenizer(text, truncation=True, return_tensors="pt", return_token_type_ids=False)
+        ids.append(enc["input_ids"][0].tolist())
+        with torch.no_grad():
+            row = model.generate(**enc)[0]  # every setting from generation_config.json
+        summaries.append(" ".join(tokenizer.decode(row, skip_special_tokens=True).split()))
+    json.dump({"ids": ids, "summaries": summaries}, open(out, "w", encoding="utf-8"), ensure_ascii=False)
+""")
+
+
+def _lora_checkpoint(model_path: str, exp: dict, folder: Path) -> Path:
+    """A checkpoint as a trial leaves one: the project's tokenizer (added tokens), the grown base with a LoRA
+    adapter (nonzero, so the merge matters) saved by peft, and trial_meta.json."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForSeq2SeqLM
+
+    from trainables.models import grow_vocabulary, load_tokenizer
+    from trainables.seq2seq import TRIAL_META
+
+    tokenizer = load_tokenizer(model_path, exp["tokenizer"]["special_tokens"])
+    model = AutoModelForSeq2SeqLM.from_pretrained(model_path)
+    grow_vocabulary(model, tokenizer, exp["training"]["seed"])
+    targets = ["q", "v"] if model.config.model_type in ("t5", "mt5") else ["q_proj", "v_proj"]
+    model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=targets, task_type="SEQ_2_SEQ_LM"))
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    (folder / TRIAL_META).write_text(json.dumps({"experiment": exp, "model_path": model_path,
+                                                 "settings": {"eff_lora": True, "eff_load_in_4bit": False}}))
+    return folder
+
+
+@pytest.mark.slow  # about 30 s a layout on 2 shared cores (tokenizer training, a fresh interpreter)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_exported_tokenizer_and_generation_config_frame_as_the_project_does(foreign, layout, tmp_path):  # noqa: F811
+    """Not on the smoke grid: a LoRA checkpoint of each foreign layout, exported, then read by plain transformers
+    in a fresh process: the tokenizer's own input ids are the project's framed ids (KoBART's tokenizer adds
+    nothing by itself) and generate() with the saved generation_config gives predict's summaries."""
+    from types import SimpleNamespace
+
+    from trainables.config import apply_mode, load_search_space
+    from trainables.data import model_inputs, read_split
+    from trainables.export import _write_one
+    from trainables.framing import probe_framing
+    from trainables.inference import generate_summaries
+    from trainables.predict import load_for_inference, read_meta, recorded_framing
+
+    exp, _ = apply_mode(load_search_space(ROOT / "search_spaces", [CONFIG_FOR[layout]])[0], "smoke")
+    exp["tokenizer"]["encoder_max_len"] = 48  # the dialogues are longer: truncation must leave room for the frame
+    exp["generation"].update(max_length=12, min_length=2, num_beams=2, no_repeat_ngram_size=2)
+    checkpoint = _lora_checkpoint(foreign[layout], exp, tmp_path / "checkpoint")
+    out = tmp_path / "model"
+    _write_one(layout, SimpleNamespace(trial_id="t0", config={}), checkpoint, {}, out, False, "fp32", "competition_score")
+    assert "Framing (as in training)" in (out / "README.md").read_text(encoding="utf-8")
+
+    dialogues = read_split(ROOT / "data", "dev").frame["dialogue"].head(4).tolist()
+    dialogues.append("#Person1#: 안녕 #Person2#: 네")  # short: nothing to cut
+    texts = model_inputs(dialogues, exp["tokenizer"]["input_prefix"])
+    (tmp_path / "texts.json").write_text(json.dumps(texts, ensure_ascii=False), encoding="utf-8")
+    script, result = tmp_path / "plain_framed.py", tmp_path / "plain_framed.json"
+    script.write_text(PLAIN_FRAMED, encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run([sys.executable, str(script), str(out), str(tmp_path / "texts.json"), str(result)],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    plain = json.loads(result.read_text(encoding="utf-8"))
+
+    model, tokenizer = load_for_inference(checkpoint, read_meta(checkpoint))  # predict's path on the checkpoint
+    framing = probe_framing(tokenizer, model.config)
+    assert plain["ids"] == framing.encode_inputs(tokenizer, texts, exp["tokenizer"]["encoder_max_len"])
+    predicted = generate_summaries(model, tokenizer, dialogues, exp, batch_size=1)
+    assert plain["summaries"] == [" ".join(s.split()) for s in predicted]
+    # predict on the exported folder frames as on the checkpoint (its tokenizer now adds the frame itself)
+    exported_meta = read_meta(out)
+    assert recorded_framing(exported_meta) == framing
+    model, tokenizer = load_for_inference(out, exported_meta)
+    assert generate_summaries(model, tokenizer, dialogues, exp, batch_size=1, framing=recorded_framing(exported_meta)) == predicted

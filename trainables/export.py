@@ -13,6 +13,7 @@ fails leaves nothing half-written.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -87,16 +88,30 @@ def _finish(tmp: Path, target: Path) -> None:
     os.replace(tmp, target)
 
 
-def generation_settings(exp: dict[str, Any], model) -> dict[str, Any]:
-    """The experiment's generation settings on top of the model's own generation config (as predict uses)."""
+def generation_settings(exp: dict[str, Any], model, framing) -> dict[str, Any]:
+    """The experiment's generation settings on top of the model's own generation config, started and stopped by
+    `framing` (trainables.framing) exactly as predict's generate_summaries does."""
     gen = exp["generation"]
+    framing.apply_to(model)  # decoder start, eos, pad, forced bos/eos: as the labels taught the model
     config = model.generation_config
     config.update(num_beams=gen["num_beams"], max_length=gen["max_length"], min_length=gen["min_length"],
-                  length_penalty=gen["length_penalty"], no_repeat_ngram_size=gen["no_repeat_ngram_size"],
-                  eos_token_id=model.config.eos_token_id, decoder_start_token_id=model.config.decoder_start_token_id,
-                  pad_token_id=model.config.pad_token_id)
+                  length_penalty=gen["length_penalty"], no_repeat_ngram_size=gen["no_repeat_ngram_size"])
     config._from_model_config = False  # these are the settings to use, not defaults to re-derive from config.json
     return config
+
+
+def frame_tokenizer(tokenizer, framing) -> None:
+    """Give the fast tokenizer a post-processor that frames a single text as `framing` frames encoder inputs, so
+    plain `tokenizer(text)` feeds the exported model what training fed it (a KoBART tokenizer adds nothing by
+    itself; training framed `<s> … </s>`). Truncation leaves room for the frame, as Framing's does."""
+    from tokenizers import processors
+
+    head, tail = framing.input_frame
+    name = lambda i: tokenizer.convert_ids_to_tokens(i)
+    single = " ".join([*(name(i) for i in head), "$A", *(name(i) for i in tail)])
+    pair = " ".join([single, "$B:1", *(f"{name(i)}:1" for i in tail)])
+    specials = sorted({(name(i), i) for i in head + tail}, key=lambda t: t[1])
+    tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(single=single, pair=pair, special_tokens=specials)
 
 
 def untie_weights(model) -> int:
@@ -156,7 +171,7 @@ def merged_model(checkpoint: Path, meta: dict[str, Any], dtype: str):
 
 
 def _model_card(name: str, meta: dict[str, Any], row: dict[str, Any], trial, checkpoint: Path, dtype: str,
-                adapter_only: bool, metric: str) -> str:
+                adapter_only: bool, metric: str, framing=None) -> str:
     exp, settings = meta["experiment"], meta.get("settings", {})
     scores = {k: row.get(k) for k in ("competition_score", "rouge1", "rouge2", "rougeL", "eval_loss", "best_epoch")}
     if adapter_only:
@@ -174,6 +189,9 @@ def _model_card(name: str, meta: dict[str, Any], row: dict[str, Any], trial, che
     run = trial.config.get("run", {})
     source = str(settings.get("eff_model_source", ""))
     standin = " — an offline stand-in with random weights (smoke mode), not the real checkpoint" if source.startswith("standin") else ""
+    framed = "" if framing is None else (
+        f"\nFraming (as in training): {framing.describe()}. The saved tokenizer frames a single text this way by "
+        "itself (`tokenizer(text)`), and `generation_config.json` starts and stops generation with these ids.\n")
     return f"""# {name}
 
 Korean dialogue summarization, exported by `tune_main7.py export` on {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M UTC}.
@@ -204,7 +222,7 @@ summary = tokenizer.decode(model.generate(**enc)[0], skip_special_tokens=True)
 `generation_config.json` holds the experiment's settings (beams {gen['num_beams']}, length {gen['min_length']}-{gen['max_length']},
 no-repeat n-gram {gen['no_repeat_ngram_size']}, length penalty {gen['length_penalty']}); `config.prefix` is the input prefix
 ({prefix!r}) for pipelines that read it. `python tune_main7.py predict --checkpoint DIR` also reads this folder.
-
+{framed}
 ## Effective settings of the trial
 
 ```json
@@ -221,10 +239,12 @@ no-repeat n-gram {gen['no_repeat_ngram_size']}, length penalty {gen['length_pena
 
 def _write_one(name: str, trial, checkpoint: Path, row: dict[str, Any], target: Path, adapter_only: bool,
                dtype: str, metric: str) -> None:
+    from trainables.framing import probe_framing
     from trainables.predict import read_meta
     from trainables.layout import TRIAL_META
 
     meta = read_meta(checkpoint)
+    framing = None
     tmp = _temp_beside(target)
     try:
         if adapter_only:
@@ -235,18 +255,21 @@ def _write_one(name: str, trial, checkpoint: Path, row: dict[str, Any], target: 
                     shutil.copy2(checkpoint / f, tmp / f)
         else:
             model, tokenizer = merged_model(checkpoint, meta, dtype)
+            framing = probe_framing(tokenizer, model.config)  # as predict probes it, before the tokenizer changes
             model.config.prefix = meta["experiment"]["tokenizer"]["input_prefix"]
-            model.generation_config = generation_settings(meta["experiment"], model)
+            model.generation_config = generation_settings(meta["experiment"], model, framing)
             model.save_pretrained(tmp)
             tokenizer.model_max_length = meta["experiment"]["tokenizer"]["encoder_max_len"]  # truncation=True cuts here, as in training
+            frame_tokenizer(tokenizer, framing)
             tokenizer.save_pretrained(tmp)
             settings = {**meta.get("settings", {}), "eff_lora": False, "eff_load_in_4bit": False}
             exported = {"from_checkpoint": str(checkpoint), "dtype": dtype, "merged": True,
-                        "trained_in_4bit": bool(meta.get("settings", {}).get("eff_load_in_4bit"))}
+                        "trained_in_4bit": bool(meta.get("settings", {}).get("eff_load_in_4bit")),
+                        "framing": dataclasses.asdict(framing)}  # predict reads it (trainables.predict.recorded_framing)
             (tmp / TRIAL_META).write_text(json.dumps({**meta, "settings": settings, "export": exported},
                                                      ensure_ascii=False, indent=1))
         (tmp / "README.md").write_text(
-            _model_card(name, meta, row, trial, checkpoint, dtype, adapter_only, metric), encoding="utf-8")
+            _model_card(name, meta, row, trial, checkpoint, dtype, adapter_only, metric, framing), encoding="utf-8")
         _finish(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -69,6 +69,15 @@ def read_meta(checkpoint: Path) -> dict[str, Any]:
     return data
 
 
+def recorded_framing(meta: dict[str, Any]):
+    """The Framing an exported folder recorded (its saved tokenizer now frames inputs itself, so probing it would
+    misread that frame as the labels' too); None for a trial's checkpoint, which is probed as in training."""
+    from trainables.framing import Framing
+
+    recorded = meta.get("export", {}).get("framing")
+    return Framing(**{**recorded, "notes": tuple(recorded.get("notes", ()))}) if recorded else None
+
+
 def load_for_inference(checkpoint: Path, meta: dict[str, Any], dequantize: bool = False):
     """(model, tokenizer) rebuilt from a checkpoint folder and its trial_meta.json. `dequantize` (export): a
     4-bit base is turned back into float32 weights from its 4-bit ones, before the adapter goes on."""
@@ -136,7 +145,8 @@ def predict(experiment_dir: Path | None, checkpoint: str | None, out: Path, data
     todo = [i for i, d in enumerate(dialogues) if d.strip()]
     print(f"Generating {len(todo)} summaries with {exp['name']} ({meta['model_path']}; "
           f"beams {exp['generation']['num_beams']}, max length {exp['generation']['max_length']})", flush=True)
-    generated = generate_summaries(model, tokenizer, [dialogues[i] for i in todo], exp, batch_size=batch_size)
+    generated = generate_summaries(model, tokenizer, [dialogues[i] for i in todo], exp, batch_size=batch_size,
+                                   framing=recorded_framing(meta))
     summaries = [""] * len(dialogues)
     for i, text in zip(todo, generated):
         summaries[i] = text
