@@ -39,6 +39,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from trainables.telemetry import GPU_FIELDS, THROUGHPUT_FIELDS  # noqa: E402  (light: no torch at import)
+
 RESULT_PREFIX = "BENCH_RESULT "
 BENCH_CACHE = "/tmp/bench-cache"  # stand-ins built once per architecture, shared by every benchmark script
 MEMORY_LIMIT_GIB = 22.0  # the seed team's RTX 3090 (24 GB) less headroom
@@ -273,6 +275,8 @@ def bench_config(cfg, args) -> dict[str, Any]:
         "data": data,
         "eval": {k: v for k, v in (timing.get("eval_metrics") or {}).items() if k in ("eval_loss", "eval_gen_len")},
         "train_losses": [r.get("train_loss") for r in reports],
+        # what each report carried from trainables.telemetry (NVML on a GPU; throughput always)
+        "telemetry": [{k: r[k] for k in (*GPU_FIELDS, *THROUGHPUT_FIELDS) if k in r} for r in reports],
         "memory_cap_gib": args.memory_cap_gib,
         **eff,
     }

@@ -320,16 +320,14 @@ def project(exp: dict, model_path: str, data_dir: Path, eval_rows: list[int], pr
     original_metrics, original_callbacks = seq2seq._compute_metrics_fn, seq2seq._make_callbacks
     original_load = seq2seq.load_model
 
-    def metrics_fn(exp_, tokenizer, references):
-        inner = original_metrics(exp_, tokenizer, references)
-        from trainables.metrics import clean_summary
+    def metrics_fn(exp_, tokenizer, references, framing):
+        inner = original_metrics(exp_, tokenizer, references, framing)
 
         def compute(pred):
             import numpy as np
 
-            ids = np.where(pred.predictions < 0, tokenizer.pad_token_id, pred.predictions)
-            captured["predictions"] = [clean_summary(x, list(tokenizer.all_special_tokens))
-                                       for x in tokenizer.batch_decode(ids, skip_special_tokens=True)]
+            ids = np.where(pred.predictions < 0, framing.pad_id, pred.predictions)
+            captured["predictions"] = framing.decode(tokenizer, ids)  # as the trial decodes them for ROUGE
             return inner(pred)
         return compute
 
