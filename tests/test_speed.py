@@ -123,8 +123,8 @@ def _trial(configs, standins, tiny_data, on: bool):
 
     original = seq2seq._compute_metrics_fn
 
-    def capture(exp_, tokenizer, refs):
-        inner = original(exp_, tokenizer, refs)
+    def capture(exp_, tokenizer, refs, framing):
+        inner = original(exp_, tokenizer, refs, framing)
 
         def compute(pred):
             predictions.append(pred.predictions.tolist())
