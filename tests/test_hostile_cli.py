@@ -273,6 +273,14 @@ def two_runs(tmp_path_factory, standin_cache):
         shutil.rmtree(t, ignore_errors=True)
 
 
+def _assert_ran_three_epochs_once(progress, where) -> None:
+    """Smoke mode evaluates every N steps (at least twice per epoch) and at each epoch's end: the trial's reports
+    run to the end of epoch 3, each optimizer step reported at most once, in order."""
+    steps = progress["step"]
+    assert steps.is_unique and steps.is_monotonic_increasing, (where, list(steps))
+    assert round(progress["epoch"].iloc[-1]) == 3 and len(progress) >= 6, (where, list(progress["epoch"]))
+
+
 @pytest.mark.slow
 def test_two_runs_at_once_get_separate_intact_experiments(two_runs):
     storage = two_runs["storage"]
@@ -288,7 +296,7 @@ def test_two_runs_at_once_get_separate_intact_experiments(two_runs):
         trials = ExperimentAnalysis(str(d), default_metric="eval_loss", default_mode="min").trials
         assert [t.status for t in trials] == ["TERMINATED"], d
         progress = pd.read_csv(_trial_dir(d) / "progress.csv")
-        assert list(progress["epoch"].round()) == [1, 2, 3], d
+        _assert_ran_three_epochs_once(progress, d)
     assert json.loads((two_runs["a_dir"] / "tune_main7.json").read_text())["metric"] == "eval_loss"
     # The dropped-row warning: once per run, in the driver.
     assert (stdout + stderr).count("train.csv: dropped 1 row(s)") == 1, stderr[-3000:]
@@ -310,7 +318,7 @@ def test_sigterm_and_ctrl_c_stop_save_and_say_how_to_resume(two_runs):
     rc, stdout, stderr = two_runs["b_end"]
     assert rc == 0, stdout[-3000:] + stderr[-3000:]
     progress = pd.read_csv(_trial_dir(b_dir) / "progress.csv")
-    assert list(progress["epoch"].round()) == [1, 2, 3], "continued from its checkpoint, no epoch twice"
+    _assert_ran_three_epochs_once(progress, "continued from its checkpoint, no evaluation twice")
 
 
 def _outputs(two_runs) -> list[tuple[str, str]]:

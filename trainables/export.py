@@ -22,6 +22,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from trainables.inference import generation_kwargs
 from trainables.launch import UsageError
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin")
@@ -94,8 +95,7 @@ def generation_settings(exp: dict[str, Any], model, framing) -> dict[str, Any]:
     gen = exp["generation"]
     framing.apply_to(model)  # decoder start, eos, pad, forced bos/eos: as the labels taught the model
     config = model.generation_config
-    config.update(num_beams=gen["num_beams"], max_length=gen["max_length"], min_length=gen["min_length"],
-                  length_penalty=gen["length_penalty"], no_repeat_ngram_size=gen["no_repeat_ngram_size"])
+    config.update(**generation_kwargs(gen))
     config._from_model_config = False  # these are the settings to use, not defaults to re-derive from config.json
     return config
 

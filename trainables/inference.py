@@ -8,6 +8,15 @@ from typing import Any
 from trainables.data import model_inputs
 
 
+def generation_kwargs(gen: dict[str, Any]) -> dict[str, Any]:
+    """A config's `generation` section as `generate()`/GenerationConfig arguments: one mapping for the Trainer's
+    evaluation, predict and export. The length penalty only acts in beam search; with one beam it is left at its
+    default, since transformers refuses to save a generation config that sets it for greedy decoding."""
+    return {"num_beams": gen["num_beams"], "max_length": gen["max_length"], "min_length": gen["min_length"],
+            "length_penalty": gen["length_penalty"] if gen["num_beams"] > 1 else 1.0,
+            "no_repeat_ngram_size": gen["no_repeat_ngram_size"]}
+
+
 def generate_summaries(model, tokenizer, dialogues: list[str], exp: dict[str, Any], batch_size: int | None = None,
                        framing=None) -> list[str]:
     """Cleaned summaries for `dialogues`: the config's prefix, lengths, beams and penalties; inputs framed, the
@@ -31,10 +40,6 @@ def generate_summaries(model, tokenizer, dialogues: list[str], exp: dict[str, An
         input_ids = torch.tensor([r + [framing.pad_id] * (width - len(r)) for r in rows], device=device)
         attention_mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], device=device)
         with torch.no_grad():
-            ids = model.generate(
-                input_ids=input_ids, attention_mask=attention_mask, max_length=gen["max_length"],
-                min_length=gen["min_length"], num_beams=gen["num_beams"], length_penalty=gen["length_penalty"],
-                no_repeat_ngram_size=gen["no_repeat_ngram_size"],
-            )
+            ids = model.generate(input_ids=input_ids, attention_mask=attention_mask, **generation_kwargs(gen))
         out += framing.decode(tokenizer, ids)
     return out

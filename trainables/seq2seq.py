@@ -27,6 +27,7 @@ from typing import Any, Callable
 
 from trainables import speed
 from trainables.config import mode_of
+from trainables.inference import generation_kwargs
 from trainables.layout import TRIAL_META
 from trainables.models import EffectiveSettings, Environment, count_parameters, decide_settings, load_model, load_tokenizer
 from trainables.telemetry import CountTrainingBatches, Telemetry
@@ -362,10 +363,7 @@ def run_trial(config: dict[str, Any], report: Report, resume_from: str | None = 
             model = load_model(exp, run["model_path"], tokenizer, settings)
             gen = exp["generation"]
             framing.apply_to(model)  # decoder start, EOS and forced EOS for the Trainer's generate()
-            model.generation_config.update(
-                min_length=gen["min_length"], length_penalty=gen["length_penalty"],
-                no_repeat_ngram_size=gen["no_repeat_ngram_size"],
-            )
+            model.generation_config.update(**generation_kwargs(gen))  # what the Trainer's generate() falls back on
             trainable, total = count_parameters(model)
             log.info("%s: %d of %d parameters trainable (%s)", exp["name"], trainable, total, settings.model_source)
             meter = TrainLossMeter()
