@@ -48,12 +48,14 @@ def check_inputs(args, prepared=None) -> tuple[list[dict[str, Any]], list[str], 
         if errors:
             raise ConfigError("; ".join(errors))
         experiments, mode_changes = [], {}
-        train_rows = len(check_data_dir(Path(args.data_dir))["train"].frame)  # smoke scales eval_steps to it
+        data = check_data_dir(Path(args.data_dir))  # train and dev; test.csv too when it is there (read once)
+        train_rows = len(data["train"].frame)  # smoke scales eval_steps to it
         for cfg in configs:
             exp, mode_changes[cfg.name] = apply_mode(cfg, args.mode, train_rows)  # each trial reports them (eff_mode_changes)
             experiments.append(exp)
     else:
         experiments, warnings, mode_changes = prepared
+        data = None
     for exp in experiments:
         tokenization = getattr(args, "tokenization", None)
         if tokenization and tokenization != exp["metric"]["tokenization"]:
@@ -70,7 +72,8 @@ def check_inputs(args, prepared=None) -> tuple[list[dict[str, Any]], list[str], 
                  "lr >= %g; each trial reports what it changed (eff_mode_changes)", SMOKE_LIMITS["encoder_max_len"],
                  SMOKE_LIMITS["decoder_max_len"], SMOKE_LIMITS["num_train_epochs"], SMOKE_LIMITS["num_beams"],
                  SMOKE_LIMITS["lora_rank"], SMOKE_LIMITS["min_learning_rate"])
-    check_data_dir(Path(args.data_dir))  # train and dev; test.csv too when it is there
+    if data is None:
+        check_data_dir(Path(args.data_dir))  # train and dev; test.csv too when it is there
     if not (Path(args.data_dir) / "test.csv").exists():
         warnings.append(f"{Path(args.data_dir) / 'test.csv'} not found: training runs, `predict` will need it")
     if args.mode != "smoke":  # stand-ins replace the checkpoints in smoke mode

@@ -587,8 +587,8 @@ def forecast(experiments: list[dict[str, Any]], data_dir: Path, card: Card, cali
              gpus: int = 1, pack_trials: bool = True, model_paths: dict[str, str] | None = None) -> GridForecast:
     from trainables.data import read_split
 
-    n_train = len(read_split(Path(data_dir), "train").frame)
-    n_dev = len(read_split(Path(data_dir), "dev").frame)
+    n_train = len(read_split(Path(data_dir), "train", warn=False).frame)  # the run's own checks already warned
+    n_dev = len(read_split(Path(data_dir), "dev", warn=False).frame)
     trials = [plan_trial(e, n_train, n_dev, calib, card, (model_paths or {}).get(e["model"]["checkpoint"]))
               for e in experiments]
     gpus = max(1, gpus)
