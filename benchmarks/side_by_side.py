@@ -166,14 +166,36 @@ class Probe:
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
 
         def hook(module, args, kwargs, output):
-            if not module.training or kwargs.get("labels") is None or getattr(output, "loss", None) is None:
+            if not module.training:
                 return
-            labels, mask = kwargs["labels"], kwargs.get("attention_mask")
-            n_lab = int((labels != -100).sum())
+            mask = kwargs.get("attention_mask")
             n_enc = int(mask.sum()) if mask is not None else int(kwargs["input_ids"].numel())
+            labels = kwargs.get("labels")
+            if labels is None or getattr(output, "loss", None) is None:
+                # The project computes the loss outside the model (the Trainer's compute_loss_func, which gets
+                # the labels): watch_loss fills in the label tokens and the loss of this micro-batch.
+                self.micro.append((time.perf_counter(), n_enc, 0, 0.0))
+                return
+            n_lab = int((labels != -100).sum())
             self.micro.append((time.perf_counter(), n_enc, n_lab, float(output.loss.detach().float())))
 
         return base.register_forward_hook(hook, with_kwargs=True)
+
+    def watch_loss(self, loss_fn):
+        """Wraps a Trainer compute_loss_func(outputs, labels, num_items_in_batch): the micro-batch's label tokens
+        and its per-token mean loss go into the entry the forward hook just appended."""
+        probe = self
+
+        def wrapped(outputs, labels, num_items_in_batch=None):
+            loss = loss_fn(outputs, labels, num_items_in_batch)
+            n_lab = int(labels.ne(-100).sum())
+            scale = float(num_items_in_batch) / max(1, n_lab) if num_items_in_batch is not None else 1.0
+            if probe.micro:
+                t, n_enc, _, _ = probe.micro[-1]
+                probe.micro[-1] = (t, n_enc, n_lab, float(loss.detach().float()) * scale)
+            return loss
+
+        return wrapped
 
     def timing_callback(self):
         import torch
@@ -318,7 +340,7 @@ def project(exp: dict, model_path: str, data_dir: Path, eval_rows: list[int], pr
 
     captured: dict[str, Any] = {}
     original_metrics, original_callbacks = seq2seq._compute_metrics_fn, seq2seq._make_callbacks
-    original_load = seq2seq.load_model
+    original_load, original_loss = seq2seq.load_model, seq2seq.token_mean_loss
 
     def metrics_fn(exp_, tokenizer, references, framing):
         inner = original_metrics(exp_, tokenizer, references, framing)
@@ -347,6 +369,7 @@ def project(exp: dict, model_path: str, data_dir: Path, eval_rows: list[int], pr
         return model
 
     seq2seq._compute_metrics_fn, seq2seq._make_callbacks, seq2seq.load_model = metrics_fn, callbacks, load
+    seq2seq.token_mean_loss = probe.watch_loss(original_loss)
     # eval timing: the reported eval_runtime of the epoch-end evaluation
     reports: list[dict[str, Any]] = []
     config = {"experiment": exp, "run": {
@@ -395,6 +418,7 @@ def project(exp: dict, model_path: str, data_dir: Path, eval_rows: list[int], pr
         final = seq2seq.run_trial(config, lambda m, c: reports.append(m))
     finally:
         seq2seq._compute_metrics_fn, seq2seq._make_callbacks, seq2seq.load_model = original_metrics, original_callbacks, original_load
+        seq2seq.token_mean_loss = original_loss
         if original_eval:
             Seq2SeqTrainer.evaluate = original_eval
         speed.evaluate = original_fast

@@ -538,8 +538,10 @@ def print_search_summary(experiment_dir: Path, marker: dict[str, Any], metric: s
     print(f"Trials ranked by best {metric} (STOPPED_EARLY: ASHA stopped it at a poor evaluation)")
     columns = SEARCH_COLUMNS[:5] + ([metric] if metric not in SEARCH_COLUMNS else []) + SEARCH_COLUMNS[5:] + dims
     print(format_table(rows, columns))
-    best, checkpoint = best_trial_and_checkpoint(analysis, metric)
+    best, checkpoint, note = best_trial_and_checkpoint(analysis, metric)
     if best is not None:
+        if note:
+            print(f"Note: {note}")
         values = sampled_values(best.config, dims)
         print(f"Best trial: {best.trial_id}  {metric}={next((r[metric] for r in rows if r['trial_id'] == best.trial_id), None)}"
               f"  checkpoint: {checkpoint or '-'}")
