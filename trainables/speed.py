@@ -319,32 +319,56 @@ def no_repeat_ngram_processor(ngram_size: int):
 
 def evaluate(trainer, p: SpeedPlan, dataset, metric_key_prefix: str = "eval") -> dict[str, float]:
     """What Seq2SeqTrainer.evaluate returns (loss, compute_metrics' scores, runtime), computed faster."""
-    import numpy as np
-    import torch
-    from transformers import EvalPrediction
-
     started = time.time()
-    model, args, tok = trainer.model, trainer.args, trainer.processing_class
-    device = next(model.parameters()).device
-    pad = tok.pad_token_id
+    model = trainer.model
     was_training = model.training
     model.eval()
-    collate = trainer.data_collator
     rows = [dataset[i] for i in range(len(dataset))]
-    lengths = [len(r["input_ids"]) for r in rows]
-    configured = args.per_device_eval_batch_size
-    beams = args.generation_num_beams or model.generation_config.num_beams or 1
-    max_len = args.generation_max_length or model.generation_config.max_length
+    eval_loss = _dev_loss(trainer, rows)
+    gen_model = _generation_model(trainer, p, rows)
+    predictions = _generate_in_file_order(trainer, p, gen_model, rows)
+    if gen_model is not model:
+        del gen_model  # the merged copy: free its memory before scoring
+        _empty_cuda_cache(model)
+    metrics = _evaluation_metrics(trainer, p, predictions, eval_loss, metric_key_prefix, started, len(rows))
+    if was_training:
+        model.train()
+    return metrics
 
-    def to_device(batch):
-        return {k: batch[k].to(device) for k in ("input_ids", "attention_mask", "labels")}
 
-    # 1. the dev loss: the training model's, per row, regrouped into the plain path's file-order batches
+def _device_of(model):
+    return next(model.parameters()).device
+
+
+def _empty_cuda_cache(model) -> None:
+    import torch
+
+    if _device_of(model).type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def _on_device(batch, device, keys=("input_ids", "attention_mask", "labels")) -> dict[str, Any]:
+    return {k: batch[k].to(device) for k in keys}
+
+
+def _input_lengths(rows) -> list[int]:
+    return [len(r["input_ids"]) for r in rows]
+
+
+def _dev_loss(trainer, rows) -> float:
+    """The training model's dev loss per row, regrouped into the plain path's file-order batches (so
+    `eval_loss` keeps its plain meaning), computed in length-sorted batches."""
+    import numpy as np
+    import torch
+
+    model, collate = trainer.model, trainer.data_collator
+    device = _device_of(model)
+    configured = trainer.args.per_device_eval_batch_size
     sums, counts = np.zeros(len(rows)), np.zeros(len(rows))
     loss_rows = max(configured, 16) if device.type == "cuda" else configured
     with torch.no_grad():
-        for batch_idx in length_sorted_batches(lengths, lambda n: loss_rows):
-            batch = to_device(collate([rows[i] for i in batch_idx]))
+        for batch_idx in length_sorted_batches(_input_lengths(rows), lambda n: loss_rows):
+            batch = _on_device(collate([rows[i] for i in batch_idx]), device)
             with trainer.compute_loss_context_manager():
                 logits = model(**batch).logits
             labels = batch["labels"]
@@ -356,14 +380,23 @@ def evaluate(trainer, p: SpeedPlan, dataset, metric_key_prefix: str = "eval") ->
     losses = [sums[s:s + configured].sum() / max(1, counts[s:s + configured].sum())
               for s in range(0, len(rows), configured)]
     sizes = [len(range(s, min(s + configured, len(rows)))) for s in range(0, len(rows), configured)]
-    eval_loss = float(np.average(losses, weights=sizes))
+    return float(np.average(losses, weights=sizes))
 
-    # 2. the generation model: merged half-precision copy, checked against the training model
+
+def _precision(args) -> str:
+    return "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32"
+
+
+def _generation_model(trainer, p: SpeedPlan, rows):
+    """A merged half-precision copy of the model, checked against the training model's logits on the two
+    shortest rows; the training model itself where the copy can't be made or differs. Records why in `p`."""
+    model = trainer.model
     gen_model, p.eval_merged = model, "no"
-    precision = "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32"
     try:
-        candidate = merged_copy(model, precision)
-        probe = to_device(collate([rows[i] for i in sorted(range(len(rows)), key=lambda i: lengths[i])[:2]]))
+        candidate = merged_copy(model, _precision(trainer.args))
+        lengths = _input_lengths(rows)
+        shortest = sorted(range(len(rows)), key=lambda i: lengths[i])[:2]
+        probe = _on_device(trainer.data_collator([rows[i] for i in shortest]), _device_of(model))
         with trainer.compute_loss_context_manager():
             err = merge_error(model, candidate, probe)
         if err <= MERGE_TOLERANCE:
@@ -376,23 +409,40 @@ def evaluate(trainer, p: SpeedPlan, dataset, metric_key_prefix: str = "eval") ->
     if not p.eval_merged.startswith("yes") and p.eval_merged not in p.notes:
         p.notes.append(f"evaluation generated from the training model ({p.eval_merged})")
         log.warning("fast evaluation: %s", p.eval_merged)
+    return gen_model
 
-    # 3. generation, longest first, batches sized from memory, back in file order afterwards
-    dtype_bytes = 4 if precision == "fp32" or device.type == "cpu" else 2
-    rows_for, how = _rows_budget(p, gen_model.config, beams, max_len, dtype_bytes, configured, device)
-    gen_kwargs = {"max_length": max_len, "num_beams": beams}
+
+def _generation_kwargs(gen_model, max_len: int, beams: int) -> dict[str, Any]:
+    """generate()'s arguments, with the no-repeat n-gram ban as tensor ops (see no_repeat_ngram_processor)."""
+    gen_kwargs: dict[str, Any] = {"max_length": max_len, "num_beams": beams}
     ngram = gen_model.generation_config.no_repeat_ngram_size or 0
     if ngram:
         from transformers import LogitsProcessorList
 
         gen_kwargs.update(no_repeat_ngram_size=0, logits_processor=LogitsProcessorList([no_repeat_ngram_processor(ngram)]))
+    return gen_kwargs
+
+
+def _generate_in_file_order(trainer, p: SpeedPlan, gen_model, rows):
+    """Generated ids for every row: longest rows first, in batches sized from free memory (halved on OOM),
+    put back in file order and padded into one array. Records the batch sizes in `p`."""
+    import torch
+
+    model, args, collate = trainer.model, trainer.args, trainer.data_collator
+    device = _device_of(model)
+    configured = args.per_device_eval_batch_size
+    beams = args.generation_num_beams or model.generation_config.num_beams or 1
+    max_len = args.generation_max_length or model.generation_config.max_length
+    dtype_bytes = 4 if _precision(args) == "fp32" or device.type == "cpu" else 2
+    rows_for, how = _rows_budget(p, gen_model.config, beams, max_len, dtype_bytes, configured, device)
+    gen_kwargs = _generation_kwargs(gen_model, max_len, beams)
     preds: list[Any] = [None] * len(rows)
-    pending = length_sorted_batches(lengths, rows_for)
+    pending = length_sorted_batches(_input_lengths(rows), rows_for)
     sizes_used = []
     while pending:
         batch_idx = pending.pop(0)
-        batch = collate([{k: rows[i][k] for k in ("input_ids", "attention_mask")} for i in batch_idx])
-        batch = {k: batch[k].to(device) for k in ("input_ids", "attention_mask")}
+        inputs = ("input_ids", "attention_mask")
+        batch = _on_device(collate([{k: rows[i][k] for k in inputs} for i in batch_idx]), device, inputs)
         try:
             with torch.no_grad():
                 out = gen_model.generate(**batch, **gen_kwargs)
@@ -408,27 +458,34 @@ def evaluate(trainer, p: SpeedPlan, dataset, metric_key_prefix: str = "eval") ->
         out = out.cpu().numpy()
         for j, i in enumerate(batch_idx):
             preds[i] = out[j]
-    if gen_model is not model:
-        del gen_model
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
+    p.eval_batch_rows = f"{min(sizes_used)}-{max(sizes_used)} rows in {len(sizes_used)} batches ({how})"
+    return _padded(preds, trainer.processing_class.pad_token_id)
+
+
+def _padded(preds, pad: int):
+    import numpy as np
+
     width = max(len(x) for x in preds)
     pred_array = np.full((len(preds), width), pad, dtype=np.int64)
     for i, x in enumerate(preds):
         pred_array[i, :len(x)] = x
-    p.eval_batch_rows = f"{min(sizes_used)}-{max(sizes_used)} rows in {len(sizes_used)} batches ({how})"
+    return pred_array
 
-    metrics = trainer.compute_metrics(EvalPrediction(predictions=pred_array, label_ids=None))
-    metrics = {f"{metric_key_prefix}_{k}": v for k, v in metrics.items()}
-    metrics[f"{metric_key_prefix}_loss"] = eval_loss
+
+def _evaluation_metrics(trainer, p: SpeedPlan, predictions, eval_loss: float, prefix: str, started: float,
+                        n_rows: int) -> dict[str, float]:
+    """compute_metrics' scores plus loss, runtime and epoch, named as Seq2SeqTrainer.evaluate names them."""
+    from transformers import EvalPrediction
+
+    metrics = trainer.compute_metrics(EvalPrediction(predictions=predictions, label_ids=None))
+    metrics = {f"{prefix}_{k}": v for k, v in metrics.items()}
+    metrics[f"{prefix}_loss"] = eval_loss
     runtime = time.time() - started
     p.eval_s = round(runtime, 2)
-    metrics[f"{metric_key_prefix}_runtime"] = round(runtime, 4)
-    metrics[f"{metric_key_prefix}_samples_per_second"] = round(len(rows) / runtime, 3) if runtime else math.inf
+    metrics[f"{prefix}_runtime"] = round(runtime, 4)
+    metrics[f"{prefix}_samples_per_second"] = round(n_rows / runtime, 3) if runtime else math.inf
     if trainer.state.epoch is not None:
         metrics["epoch"] = trainer.state.epoch
-    if was_training:
-        model.train()
     return metrics
 
 
