@@ -182,20 +182,55 @@ def experiment_metric(experiment_dir: Path, asked: str | None) -> tuple[str, str
 # Plots
 
 
-def plot_curves(experiment_dir: Path, out_dir: Path | None = None, analysis=None) -> list[Path]:
-    """rouge.png (competition_score, ROUGE-1/2/L per epoch) and loss.png (train and eval loss per epoch),
-    one line per trial, written to `<experiment dir>/report/` (or `out_dir`); returns the paths."""
+def pyplot():
+    """matplotlib's pyplot on the Agg backend: the plots are files, written where there may be no display."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
 
-    analysis = analysis or load_analysis(experiment_dir)
+    return plt
+
+
+def save_plot(fig, experiment_dir: Path, out_dir: Path | None, filename: str) -> Path:
+    """Write `fig` as `filename` into `out_dir` (default `<experiment dir>/report/`), close it; returns the path."""
+    import matplotlib.pyplot as plt
+
     out_dir = Path(out_dir or Path(experiment_dir) / "report")
     out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / filename
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+CURVE_PANELS = {
+    "rouge.png": [("competition_score", "competition score (mean ROUGE F1 x 100)"), ("rouge1", "ROUGE-1 F1"),
+                  ("rouge2", "ROUGE-2 F1"), ("rougeL", "ROUGE-L F1")],
+    "loss.png": [("train_loss", "training loss (last logged)"), ("eval_loss", "dev loss")],
+}
+CURVE_TITLES = {"rouge.png": "Dev ROUGE per epoch", "loss.png": "Loss per epoch"}
+
+
+def plot_curves(experiment_dir: Path, out_dir: Path | None = None, analysis=None) -> list[Path]:
+    """rouge.png (competition_score, ROUGE-1/2/L per epoch) and loss.png (train and eval loss per epoch),
+    one line per trial, written to `<experiment dir>/report/` (or `out_dir`); returns the paths."""
+    plt = pyplot()
+    analysis = analysis or load_analysis(experiment_dir)
+    series = _curve_series(analysis)
+    name = Path(experiment_dir).resolve().name
+    written = []
+    for filename, metrics in CURVE_PANELS.items():
+        fig = _curve_figure(plt, metrics, series, f"{CURVE_TITLES[filename]} — {name}")
+        written.append(save_plot(fig, experiment_dir, out_dir, filename))
+    return written
+
+
+def _curve_series(analysis) -> list[tuple[str, str, Any]]:
+    """(legend name, status, results frame sorted by iteration) per trial, by experiment name; a name two
+    trials share gets the trial id."""
     frames = analysis.trial_dataframes
-    series = []  # (name, status, frame)
+    series = []
     names = [t.config["experiment"]["name"] for t in analysis.trials]
     for trial in sorted(analysis.trials, key=lambda t: (t.config["experiment"]["name"], t.trial_id)):
         frame = frames.get(trial.trial_id)
@@ -203,60 +238,53 @@ def plot_curves(experiment_dir: Path, out_dir: Path | None = None, analysis=None
             frame = frame.sort_values("training_iteration")
         name = trial.config["experiment"]["name"]
         series.append((name if names.count(name) == 1 else f"{name} {trial.trial_id}", trial.status, frame))
-    name = Path(experiment_dir).resolve().name
-    panels = {
-        "rouge.png": [("competition_score", "competition score (mean ROUGE F1 x 100)"), ("rouge1", "ROUGE-1 F1"),
-                      ("rouge2", "ROUGE-2 F1"), ("rougeL", "ROUGE-L F1")],
-        "loss.png": [("train_loss", "training loss (last logged)"), ("eval_loss", "dev loss")],
-    }
-    titles = {"rouge.png": "Dev ROUGE per epoch", "loss.png": "Loss per epoch"}
-    cmap = plt.get_cmap("tab10")
-    written = []
-    for filename, metrics in panels.items():
-        ncols = 2
-        nrows = math.ceil(len(metrics) / ncols)
-        fig, axes = plt.subplots(nrows, ncols, figsize=(12, 4.2 * nrows + 1.2), squeeze=False)
-        handles = {}
-        for ax, (column, label) in zip(axes.flat, metrics):
-            for i, (trial_name, status, frame) in enumerate(series):
-                empty = frame is None or not any(c in frame and frame[c].notna().any() for c, _ in metrics)
-                notes = [s for s in ((status if status != "TERMINATED" else ""), ("no results yet" if empty else "")) if s]
-                legend = trial_name + (f" ({', '.join(notes)})" if notes else "")
-                if frame is None or column not in frame or "epoch" not in frame or frame[column].notna().sum() == 0:
-                    handles.setdefault(legend, ax.plot([], [], color=cmap(i % 10), marker="o")[0])
-                    continue
-                ok = frame[column].notna()
-                (line,) = ax.plot(frame["epoch"][ok], frame[column][ok], marker="o", color=cmap(i % 10),
-                                  linestyle="-" if status == "TERMINATED" else "--")
-                handles.setdefault(legend, line)
-            ax.set_title(label)
-            ax.set_xlabel("epoch")
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-            ax.set_ylabel(column)
-            ax.grid(True, alpha=0.3)
-        fig.suptitle(f"{titles[filename]} — {name}", fontsize=13)
-        fig.legend(list(handles.values()), list(handles.keys()), loc="lower center", ncol=min(3, max(1, len(handles))),
-                   fontsize=9, frameon=False)
-        legend_rows = math.ceil(len(handles) / 3)
-        fig.tight_layout(rect=(0, 0.04 + 0.035 * legend_rows, 1, 0.95))
-        path = out_dir / filename
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(path)
-    return written
+    return series
+
+
+def _curve_figure(plt, metrics: list[tuple[str, str]], series, title: str):
+    """One panel per (column, label) in `metrics`, two to a row, with one legend for all of them below."""
+    ncols = 2
+    nrows = math.ceil(len(metrics) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(12, 4.2 * nrows + 1.2), squeeze=False)
+    handles: dict[str, Any] = {}
+    for ax, (column, label) in zip(axes.flat, metrics):
+        _curve_panel(ax, column, label, metrics, series, plt.get_cmap("tab10"), handles)
+    fig.suptitle(title, fontsize=13)
+    fig.legend(list(handles.values()), list(handles.keys()), loc="lower center", ncol=min(3, max(1, len(handles))),
+               fontsize=9, frameon=False)
+    legend_rows = math.ceil(len(handles) / 3)
+    fig.tight_layout(rect=(0, 0.04 + 0.035 * legend_rows, 1, 0.95))
+    return fig
+
+
+def _curve_panel(ax, column: str, label: str, metrics, series, cmap, handles: dict[str, Any]) -> None:
+    """`column` per epoch, one line per trial (dashed: not TERMINATED); a trial with no values still gets its
+    legend entry, marked with its status or "no results yet"; adds the legend handles to `handles`."""
+    from matplotlib.ticker import MaxNLocator
+
+    for i, (trial_name, status, frame) in enumerate(series):
+        empty = frame is None or not any(c in frame and frame[c].notna().any() for c, _ in metrics)
+        notes = [s for s in ((status if status != "TERMINATED" else ""), ("no results yet" if empty else "")) if s]
+        legend = trial_name + (f" ({', '.join(notes)})" if notes else "")
+        if frame is None or column not in frame or "epoch" not in frame or frame[column].notna().sum() == 0:
+            handles.setdefault(legend, ax.plot([], [], color=cmap(i % 10), marker="o")[0])
+            continue
+        ok = frame[column].notna()
+        (line,) = ax.plot(frame["epoch"][ok], frame[column][ok], marker="o", color=cmap(i % 10),
+                          linestyle="-" if status == "TERMINATED" else "--")
+        handles.setdefault(legend, line)
+    ax.set_title(label)
+    ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel(column)
+    ax.grid(True, alpha=0.3)
 
 
 def plot_utilization(experiment_dir: Path, out_dir: Path | None = None, analysis=None) -> Path:
     """utilization.png: GPU utilization (mean and 10th percentile per report interval), GPU memory in use and
     training samples/s over the trial's elapsed time, one line per trial; a CPU trial has no GPU lines."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     analysis = analysis or load_analysis(experiment_dir)
-    out_dir = Path(out_dir or Path(experiment_dir) / "report")
-    out_dir.mkdir(parents=True, exist_ok=True)
     frames = analysis.trial_dataframes
     panels = [("gpu_util_mean", "GPU utilization %, mean per report interval"),
               ("gpu_util_p10", "GPU utilization %, 10th percentile per interval"),
@@ -281,10 +309,7 @@ def plot_utilization(experiment_dir: Path, out_dir: Path | None = None, analysis
             ax.legend(fontsize=8)
     fig.suptitle(f"GPU utilization and throughput — {Path(experiment_dir).resolve().name}", fontsize=13)
     fig.tight_layout(rect=(0, 0, 1, 0.96))
-    path = out_dir / "utilization.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_plot(fig, experiment_dir, out_dir, "utilization.png")
 
 
 # ---------------------------------------------------------------------------------------------------

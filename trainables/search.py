@@ -466,56 +466,53 @@ def _short(name: str) -> str:
 def plot_search(experiment_dir: Path, rows: list[dict[str, Any]], marker: dict[str, Any], metric: str,
                 out_dir: Path | None = None) -> Path:
     """search.png: the best `metric` of each trial against each searched setting (hollow: stopped early)."""
-    import matplotlib
+    from trainables.report import number, pyplot, save_plot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator, NullFormatter
-
-    from trainables.report import number
-
+    plt = pyplot()
     dims = list(marker.get("dimensions", {}))
-    kinds = marker.get("kinds", {})
-    out_dir = Path(out_dir or Path(experiment_dir) / "report")
-    out_dir.mkdir(parents=True, exist_ok=True)
     ncols = min(3, len(dims))
     nrows = math.ceil(len(dims) / ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(5 * ncols, 4 * nrows + 0.8), squeeze=False)
     scored = [r for r in rows if number(r.get(metric)) is not None]
-    best = scored[0] if scored else None
     for ax, name in zip(axes.flat, dims):
-        categorical = kinds.get(name) == "choice"
-        values = {r.get(name) for r in scored}
-        numeric = all(_is_number(v) for v in values)
-        labels = [repr(v) for v in sorted(values, key=lambda v: (v if numeric else str(v)))] if categorical else []
-        for early in (False, True):
-            pts = [r for r in scored if (r["status"] == "STOPPED_EARLY") == early]
-            xs = [labels.index(repr(r.get(name))) if categorical else r.get(name) for r in pts]
-            ax.scatter(xs, [r[metric] for r in pts], s=50, label="stopped early (ASHA)" if early else "ran to the end",
-                       facecolors="none" if early else "tab:blue", edgecolors="tab:blue")
-        if best is not None:
-            x = labels.index(repr(best.get(name))) if categorical else best.get(name)
-            ax.scatter([x], [best[metric]], marker="*", s=220, color="tab:red", label="best", zorder=3)
-        if categorical:
-            ax.set_xticks(range(len(labels)), labels)
-        elif kinds.get(name) == "loguniform":
-            ax.set_xscale("log")
-            ax.xaxis.set_minor_formatter(NullFormatter())  # labels on the decades only: minor ones overlap
-        elif kinds.get(name) == "integer":
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_xlabel(name)
-        ax.set_ylabel(f"best {metric}")
-        ax.grid(True, alpha=0.3)
+        _search_panel(ax, name, marker.get("kinds", {}).get(name), scored, metric)
     for ax in list(axes.flat)[len(dims):]:
         ax.axis("off")
     handles, labels = axes.flat[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=3, frameon=False)
     fig.suptitle(f"{metric} against each searched setting — {Path(experiment_dir).resolve().name}", fontsize=12)
     fig.tight_layout(rect=(0, 0.06, 1, 0.95))
-    path = out_dir / "search.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_plot(fig, experiment_dir, out_dir, "search.png")
+
+
+def _search_panel(ax, name: str, kind: str | None, scored: list[dict[str, Any]], metric: str) -> None:
+    """Each scored trial's `metric` against the searched setting `name` (`scored` is best first: its first row
+    gets a red star); a choice is plotted at its value's position, a loguniform on a log axis."""
+    from matplotlib.ticker import MaxNLocator, NullFormatter
+
+    categorical = kind == "choice"
+    values = {r.get(name) for r in scored}
+    numeric = all(_is_number(v) for v in values)
+    labels = [repr(v) for v in sorted(values, key=lambda v: (v if numeric else str(v)))] if categorical else []
+    for early in (False, True):
+        pts = [r for r in scored if (r["status"] == "STOPPED_EARLY") == early]
+        xs = [labels.index(repr(r.get(name))) if categorical else r.get(name) for r in pts]
+        ax.scatter(xs, [r[metric] for r in pts], s=50, label="stopped early (ASHA)" if early else "ran to the end",
+                   facecolors="none" if early else "tab:blue", edgecolors="tab:blue")
+    if scored:
+        best = scored[0]
+        x = labels.index(repr(best.get(name))) if categorical else best.get(name)
+        ax.scatter([x], [best[metric]], marker="*", s=220, color="tab:red", label="best", zorder=3)
+    if categorical:
+        ax.set_xticks(range(len(labels)), labels)
+    elif kind == "loguniform":
+        ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())  # labels on the decades only: minor ones overlap
+    elif kind == "integer":
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel(name)
+    ax.set_ylabel(f"best {metric}")
+    ax.grid(True, alpha=0.3)
 
 
 SEARCH_COLUMNS = ["rank", "trial_id", "status", "evaluations", "best_epoch", "competition_score", "rouge1", "rouge2",
