@@ -172,26 +172,34 @@ def merged_model(checkpoint: Path, meta: dict[str, Any], dtype: str):
 
 def _model_card(name: str, meta: dict[str, Any], row: dict[str, Any], trial, checkpoint: Path, dtype: str,
                 adapter_only: bool, metric: str, framing=None) -> str:
+    """The folder's README.md: what the model is and scored, how to use it, and the trial's full record."""
+    exp, settings = meta["experiment"], meta.get("settings", {})
+    weights = _weights_description(exp, settings, dtype, adapter_only)
+    return (_card_summary(name, meta, row, trial, checkpoint, weights, metric)
+            + _card_usage(exp, framing)
+            + _card_record(exp, settings))
+
+
+def _weights_description(exp: dict[str, Any], settings: dict[str, Any], dtype: str, adapter_only: bool) -> str:
+    if adapter_only:
+        return (f"LoRA adapter only: load the base `{exp['model']['checkpoint']}`, add the tokenizer's tokens "
+                "(resize the embeddings), then `PeftModel.from_pretrained`")
+    if settings.get("eff_load_in_4bit"):
+        return (f"LoRA merged into the base, which trained in 4-bit ({exp['qlora']['bnb_4bit_quant_type']}): the "
+                f"base was dequantized from its 4-bit weights to float32 before the merge; saved in {dtype}")
+    if settings.get("eff_lora", True):
+        return f"LoRA merged into the full-precision base; saved in {dtype}"
+    return f"fully fine-tuned weights; saved in {dtype}"
+
+
+def _card_summary(name: str, meta: dict[str, Any], row: dict[str, Any], trial, checkpoint: Path, weights: str,
+                  metric: str) -> str:
+    """The card's title, provenance list and dev scores."""
     exp, settings = meta["experiment"], meta.get("settings", {})
     scores = {k: row.get(k) for k in ("competition_score", "rouge1", "rouge2", "rougeL", "eval_loss", "best_epoch")}
-    if adapter_only:
-        weights = (f"LoRA adapter only: load the base `{exp['model']['checkpoint']}`, add the tokenizer's tokens "
-                   "(resize the embeddings), then `PeftModel.from_pretrained`")
-    elif settings.get("eff_load_in_4bit"):
-        weights = (f"LoRA merged into the base, which trained in 4-bit ({exp['qlora']['bnb_4bit_quant_type']}): the "
-                   f"base was dequantized from its 4-bit weights to float32 before the merge; saved in {dtype}")
-    elif settings.get("eff_lora", True):
-        weights = f"LoRA merged into the full-precision base; saved in {dtype}"
-    else:
-        weights = f"fully fine-tuned weights; saved in {dtype}"
-    prefix = exp["tokenizer"]["input_prefix"]
-    gen = exp["generation"]
     run = trial.config.get("run", {})
     source = str(settings.get("eff_model_source", ""))
     standin = " — an offline stand-in with random weights (smoke mode), not the real checkpoint" if source.startswith("standin") else ""
-    framed = "" if framing is None else (
-        f"\nFraming (as in training): {framing.describe()}. The saved tokenizer frames a single text this way by "
-        "itself (`tokenizer(text)`), and `generation_config.json` starts and stops generation with these ids.\n")
     return f"""# {name}
 
 Korean dialogue summarization, exported by `tune_main7.py export` on {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M UTC}.
@@ -209,7 +217,17 @@ Korean dialogue summarization, exported by `tune_main7.py export` on {dt.datetim
 
 competition_score = mean of ROUGE-1/2/L F1 x 100 ({exp['metric']['tokenization']} tokenization).
 
-## Use
+"""
+
+
+def _card_usage(exp: dict[str, Any], framing) -> str:
+    """How to load the folder and summarize with it, with the generation settings and framing it carries."""
+    prefix = exp["tokenizer"]["input_prefix"]
+    gen = exp["generation"]
+    framed = "" if framing is None else (
+        f"\nFraming (as in training): {framing.describe()}. The saved tokenizer frames a single text this way by "
+        "itself (`tokenizer(text)`), and `generation_config.json` starts and stops generation with these ids.\n")
+    return f"""## Use
 
 ```python
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
@@ -223,7 +241,12 @@ summary = tokenizer.decode(model.generate(**enc)[0], skip_special_tokens=True)
 no-repeat n-gram {gen['no_repeat_ngram_size']}, length penalty {gen['length_penalty']}); `config.prefix` is the input prefix
 ({prefix!r}) for pipelines that read it. `python tune_main7.py predict --checkpoint DIR` also reads this folder.
 {framed}
-## Effective settings of the trial
+"""
+
+
+def _card_record(exp: dict[str, Any], settings: dict[str, Any]) -> str:
+    """The trial's effective settings and its experiment config, as JSON."""
+    return f"""## Effective settings of the trial
 
 ```json
 {json.dumps(settings, indent=1, ensure_ascii=False, default=str)}
