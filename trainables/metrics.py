@@ -174,6 +174,31 @@ class _MorphemeTokenizer:
         return self._cache[text]
 
 
+def _checked_texts(predictions, references) -> tuple[list[str], list[list[str]]]:
+    """The predictions, and each one's references as a list, after checking what `KoreanRouge.score` promises to refuse:
+    a single string, sequences of different or zero length, a text that is not a string."""
+    if isinstance(predictions, str) or isinstance(references, str):
+        raise TypeError("predictions and references must be sequences of texts, not a single string")
+    predictions = list(predictions)
+    references = list(references)
+    if len(predictions) != len(references):
+        raise ValueError(
+            f"got {len(predictions)} predictions but {len(references)} references"
+        )
+    if not predictions:
+        raise ValueError("nothing to score: predictions and references are empty")
+    ref_lists: list[list[str]] = []
+    for i, (pred, ref) in enumerate(zip(predictions, references)):
+        refs = [ref] if isinstance(ref, str) else list(ref)
+        for text in (pred, *refs):
+            if not isinstance(text, str):
+                raise TypeError(
+                    f"entry {i}: expected str, got {type(text).__name__} ({text!r})"
+                )
+        ref_lists.append(refs)
+    return predictions, ref_lists
+
+
 class KoreanRouge:
     """ROUGE-1/2/L F1 on Korean text; see the module docstring for details.
 
@@ -217,45 +242,28 @@ class KoreanRouge:
         reference -> 0 for that pair.  Raises ValueError if the two sequences
         differ in length or are empty, TypeError on a non-string text.
         """
-        if isinstance(predictions, str) or isinstance(references, str):
-            raise TypeError("predictions and references must be sequences of texts, not a single string")
-        predictions = list(predictions)
-        references = list(references)
-        if len(predictions) != len(references):
-            raise ValueError(
-                f"got {len(predictions)} predictions but {len(references)} references"
-            )
-        if not predictions:
-            raise ValueError("nothing to score: predictions and references are empty")
-
-        ref_lists: list[list[str]] = []
-        for i, (pred, ref) in enumerate(zip(predictions, references)):
-            refs = [ref] if isinstance(ref, str) else list(ref)
-            for text in (pred, *refs):
-                if not isinstance(text, str):
-                    raise TypeError(
-                        f"entry {i}: expected str, got {type(text).__name__} ({text!r})"
-                    )
-            ref_lists.append(refs)
-
+        predictions, ref_lists = _checked_texts(predictions, references)
         # One batched analysis for every text of this call (morpheme mode).
         self._tokenizer.prime(predictions + [r for refs in ref_lists for r in refs])
-
         totals = dict.fromkeys(_ROUGE_TYPES, 0.0)
         for pred, refs in zip(predictions, ref_lists):
-            if not refs:
-                continue  # no reference: 0 for this prediction
-            pred_empty = not self._tokenizer.tokenize(pred)
-            sums = dict.fromkeys(_ROUGE_TYPES, 0.0)
-            for ref in refs:
-                if pred_empty or not self._tokenizer.tokenize(ref):
-                    continue  # empty side: 0 for this pair
-                result = self._scorer.score(ref, pred)  # (target, prediction)
-                for key in _ROUGE_TYPES:
-                    sums[key] += result[key].fmeasure
-            for key in _ROUGE_TYPES:
-                totals[key] += sums[key] / len(refs)
-
+            for key, value in self._mean_over_references(pred, refs).items():
+                totals[key] += value
         scores = {key: totals[key] / len(predictions) for key in _ROUGE_TYPES}
         scores["competition_score"] = sum(scores[k] for k in _ROUGE_TYPES) / 3 * 100
         return scores
+
+    def _mean_over_references(self, pred: str, refs: list[str]) -> dict[str, float]:
+        """Each ROUGE F1 of `pred`, averaged over its references; 0 for a pair with an empty side and for a
+        prediction with no reference."""
+        sums = dict.fromkeys(_ROUGE_TYPES, 0.0)
+        if not refs:
+            return sums
+        pred_empty = not self._tokenizer.tokenize(pred)
+        for ref in refs:
+            if pred_empty or not self._tokenizer.tokenize(ref):
+                continue  # empty side: 0 for this pair
+            result = self._scorer.score(ref, pred)  # (target, prediction)
+            for key in _ROUGE_TYPES:
+                sums[key] += result[key].fmeasure
+        return {key: sums[key] / len(refs) for key in _ROUGE_TYPES}
