@@ -202,7 +202,26 @@ def features(exp: dict[str, Any], d: Dims, load_in_4bit: bool | None = None) -> 
         trainable, lora_calls = params, 0
     static = weights + trainable * 12  # + gradient and two Adam moments (fp32)
     n_stack = sum(c for *_, c, _ in mods)
+    act = _activation_bytes(d, b, L, T, gc)
+    logits = b * T * d.vocab * 4
+    be, beams, gmax = t["per_device_eval_batch_size"], gen["num_beams"], gen["max_length"]
+    hyps = be * beams
+    kv, gen_bytes = _generation_bytes(d, be, hyps, L, gmax)
+    tflop = _training_tflop(d, mods, b, L, T, gc)
+    calls = (n_stack + 1) * (2 + (1 if gc else 0)) + lora_calls * 3 + (n_stack * 2 if four_bit else 0)
+    dec_calls = sum(c for *_, c, where in mods if where == "dec") + 1
+    gen_calls = dec_calls * gmax * (2 if four_bit else 1)
+    return Features(
+        static_gib=static / GIB, act_gib=act / GIB, logit_gib=logits / GIB, gen_gib=gen_bytes / GIB,
+        module_calls=calls, tflop=tflop, gen_calls=gen_calls, gen_vocab=hyps * d.vocab * gmax / 1e9,
+        gen_ngram=(hyps * gmax * gmax / 2 / 1e6) if gen["no_repeat_ngram_size"] else 0.0,
+        gen_tb=gmax * (weights + kv / 2) / 1e12,
+        params=params, trainable=trainable,
+    )
 
+
+def _activation_bytes(d: Dims, b: int, L: int, T: int, gc: bool) -> float:
+    """Saved activations of one training micro-batch of `b` rows (encoder length L, decoder length T)."""
     # Saved activations per token and layer, in bytes (bf16 autocast over fp32 layers, eager/SDPA attention).
     per_tok_enc = 60 * d.d_model + 18 * d.d_ff
     per_tok_dec = 90 * d.d_model + 18 * d.d_ff
@@ -215,30 +234,25 @@ def features(exp: dict[str, Any], d: Dims, load_in_4bit: bool | None = None) -> 
         act += b * max(L * per_tok_enc + att_enc, T * per_tok_dec + att_dec)
     else:
         act = b * (d.enc_layers * (L * per_tok_enc + att_enc) + d.dec_layers * (T * per_tok_dec + att_dec))
-    logits = b * T * d.vocab * 4
+    return act
 
-    # One eval batch: generation with beams (KV caches in half precision, encoder states expanded per beam,
-    # per-step logits of every hypothesis in fp32), and the encoder's own forward pass.
-    be, beams, gmax = t["per_device_eval_batch_size"], gen["num_beams"], gen["max_length"]
-    hyps = be * beams
+
+def _generation_bytes(d: Dims, be: int, hyps: int, L: int, gmax: int) -> tuple[float, float]:
+    """(KV caches, all of it) for one eval batch of `be` rows and `hyps` beam hypotheses: generation with
+    beams (KV caches in half precision, encoder states expanded per beam, per-step logits of every hypothesis
+    in fp32), and the encoder's own forward pass."""
     kv = d.dec_layers * 2 * hyps * (L + gmax) * d.inner * 2
-    gen_bytes = kv + hyps * L * d.d_model * 4 + 3 * hyps * d.vocab * 4 + be * d.heads * L * L * 4 * 3
+    return kv, kv + hyps * L * d.d_model * 4 + 3 * hyps * d.vocab * 4 + be * d.heads * L * L * 4 * 3
 
+
+def _training_tflop(d: Dims, mods, b: int, L: int, T: int, gc: bool) -> float:
+    """FLOPs of one training micro-batch (forward, backward at twice the forward, a recompute), in 1e12."""
+    stack = sum(i * o * c for _, i, o, c, _ in mods)
     enc_lin = sum(i * o * c for _, i, o, c, where in mods if where == "enc")
     dec_lin = stack - enc_lin
     fwd = 2 * (enc_lin * b * L + dec_lin * b * T + d.d_model * d.vocab * b * T)
     fwd += 4 * b * d.inner * (d.enc_layers * L * L + d.dec_layers * (T * T + T * L))
-    tflop = fwd * (3 + (1 if gc else 0)) / 1e12
-    calls = (n_stack + 1) * (2 + (1 if gc else 0)) + lora_calls * 3 + (n_stack * 2 if four_bit else 0)
-    dec_calls = sum(c for *_, c, where in mods if where == "dec") + 1
-    gen_calls = dec_calls * gmax * (2 if four_bit else 1)
-    return Features(
-        static_gib=static / GIB, act_gib=act / GIB, logit_gib=logits / GIB, gen_gib=gen_bytes / GIB,
-        module_calls=calls, tflop=tflop, gen_calls=gen_calls, gen_vocab=hyps * d.vocab * gmax / 1e9,
-        gen_ngram=(hyps * gmax * gmax / 2 / 1e6) if gen["no_repeat_ngram_size"] else 0.0,
-        gen_tb=gmax * (weights + kv / 2) / 1e12,
-        params=params, trainable=trainable,
-    )
+    return fwd * (3 + (1 if gc else 0)) / 1e12
 
 
 # ---------------------------------------------------------------------------------------------------
