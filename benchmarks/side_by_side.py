@@ -375,44 +375,41 @@ def project(exp: dict, model_path: str, data_dir: Path, eval_rows: list[int], pr
     config = {"experiment": exp, "run": {
         "mode": "full", "data_dir": str(data_dir), "wandb": False,
         "models": {exp["model"]["checkpoint"]: {"model_path": model_path, "model_source": f"standin:{arch}-{size}"}}}}
-    original_eval = None
+    import trainables.speed as speed
+
+    original_eval, original_fast = None, speed.evaluate
     try:
         from transformers import Seq2SeqTrainer
 
         original_eval = Seq2SeqTrainer.evaluate
         timing = {}
 
-        def timed_eval(self, *a, **k):
+        def timed_evaluation(args, evaluate):
+            """Time one evaluation; before the first, capture the training numbers (training has stopped)."""
             if not timing.get("train_done"):
                 timing["train_done"] = True
-                captured["train"] = training_numbers(probe, self.args.gradient_accumulation_steps)
+                captured["train"] = training_numbers(probe, args.gradient_accumulation_steps)
                 if torch.cuda.is_available():
                     captured["peak_gpu_train_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
             started = time.perf_counter()
-            result = original_eval(self, *a, **k)
+            result = evaluate()
             captured["eval_s"] = round(time.perf_counter() - started, 3)
             return result
 
+        def timed_eval(self, *a, **k):
+            return timed_evaluation(self.args, lambda: original_eval(self, *a, **k))
+
         Seq2SeqTrainer.evaluate = timed_eval  # the fast path's evaluate() overrides it, so time the subclass too
-        import trainables.speed as speed
 
-        original_fast = speed.evaluate
-
-        def timed_fast(trainer, p, dataset, prefix="eval"):
-            if not timing.get("train_done"):
-                timing["train_done"] = True
-                captured["train"] = training_numbers(probe, trainer.args.gradient_accumulation_steps)
-                if torch.cuda.is_available():
-                    captured["peak_gpu_train_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
-            started = time.perf_counter()
+        def fast_eval(trainer, p, dataset, prefix):
             if profile_dir and not timing.get("profiled"):
                 timing["profiled"] = True
                 with _profile_block(profile_dir, "project_eval_all"):
-                    result = original_fast(trainer, p, dataset, prefix)
-            else:
-                result = original_fast(trainer, p, dataset, prefix)
-            captured["eval_s"] = round(time.perf_counter() - started, 3)
-            return result
+                    return original_fast(trainer, p, dataset, prefix)
+            return original_fast(trainer, p, dataset, prefix)
+
+        def timed_fast(trainer, p, dataset, prefix="eval"):
+            return timed_evaluation(trainer.args, lambda: fast_eval(trainer, p, dataset, prefix))
 
         speed.evaluate = timed_fast
         final = seq2seq.run_trial(config, lambda m, c: reports.append(m))
