@@ -21,6 +21,16 @@ def run_cli(*args: str, timeout: float = 900, env: dict | None = None) -> subpro
     )
 
 
+def write_sample(folder: Path, **rows: int) -> Path:
+    """The first `rows[split]` rows of each named split of the shipped sample (data/<split>.csv), written as
+    `folder`/<split>.csv: `write_sample(d, train=16, dev=4)`."""
+    import pandas as pd
+
+    for split, n in rows.items():
+        pd.read_csv(ROOT / "data" / f"{split}.csv", dtype=str).head(n).to_csv(Path(folder) / f"{split}.csv", index=False)
+    return Path(folder)
+
+
 @pytest.fixture(scope="session")
 def standin_cache(tmp_path_factory) -> Path:
     """One stand-in cache for the whole session (stand-ins are rebuilt only when data changes)."""

@@ -10,10 +10,9 @@ where the model's own per-token loss on the whole batch is 7.60. After: <= 1e-4 
 
 from __future__ import annotations
 
-import pandas as pd
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import write_sample
 from tests.test_models import BART_CONFIG, MT5_CONFIG, T5_CONFIG, build, configs, smoke_exp, standins  # noqa: F401
 
 MT5_TIED_CONFIG = "01_mt5_xlsum_ultimate"  # LoRA on lm_head and the embeddings too
@@ -29,8 +28,7 @@ class _Stop(Exception):
 @pytest.fixture(scope="module")
 def eight_rows(tmp_path_factory):
     d = tmp_path_factory.mktemp("eight-rows")
-    pd.read_csv(ROOT / "data" / "train.csv", dtype=str).head(8).to_csv(d / "train.csv", index=False)
-    pd.read_csv(ROOT / "data" / "dev.csv", dtype=str).head(2).to_csv(d / "dev.csv", index=False)
+    write_sample(d, train=8, dev=2)
     return d
 
 

@@ -8,10 +8,9 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import pandas as pd
 import pytest
 
-from tests.conftest import ROOT, run_cli
+from tests.conftest import ROOT, run_cli, write_sample
 from tests.foreign_checkpoints import LAYOUTS, build_foreign
 from trainables.config import DEFAULT_SPECIAL_TOKENS, apply_mode, load_search_space
 from trainables.data import read_split, tokenize_split
@@ -234,8 +233,7 @@ def trial(exp: dict, model_path: str, data_dir: Path, keep: Path) -> dict:
 def sample_data(tmp_path_factory) -> Path:
     """160 train rows and 8 dev rows of the shipped sample."""
     d = tmp_path_factory.mktemp("framing-data")
-    pd.read_csv(ROOT / "data" / "train.csv", dtype=str).head(160).to_csv(d / "train.csv", index=False)
-    pd.read_csv(ROOT / "data" / "dev.csv", dtype=str).head(8).to_csv(d / "dev.csv", index=False)
+    write_sample(d, train=160, dev=8)
     return d
 
 

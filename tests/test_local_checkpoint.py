@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import math
 
-import pandas as pd
 import pytest
 import yaml
 
-from tests.conftest import ROOT, run_cli
+from tests.conftest import ROOT, run_cli, write_sample
 from tests.foreign_checkpoints import build_foreign
 
 pytestmark = pytest.mark.slow  # a Ray Tune run of two trials: a minute or more
@@ -40,9 +39,7 @@ def test_quick_allow_cpu_on_foreign_model_folders(tmp_path):
         folder = build_foreign(layout, tmp_path / f"model-{layout}")
         (spaces / f"local_{layout}.yaml").write_text(yaml.safe_dump(_experiment(layout, folder), allow_unicode=True),
                                                      encoding="utf-8")
-    pd.read_csv(ROOT / "data" / "train.csv", dtype=str).head(16).to_csv(data / "train.csv", index=False)
-    pd.read_csv(ROOT / "data" / "dev.csv", dtype=str).head(4).to_csv(data / "dev.csv", index=False)
-    pd.read_csv(ROOT / "data" / "test.csv", dtype=str).head(2).to_csv(data / "test.csv", index=False)
+    write_sample(data, train=16, dev=4, test=2)
 
     proc = run_cli("--mode", "quick", "--allow-cpu", "--search-space", str(spaces), "--data-dir", str(data),
                    "--storage-path", str(storage), "--name", "local", timeout=1200)

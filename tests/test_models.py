@@ -9,10 +9,9 @@ import copy
 import math
 from pathlib import Path
 
-import pandas as pd
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, write_sample
 from tests.fault_injection import callback_spec
 from trainables.config import apply_mode, load_search_space
 from trainables.models import (
@@ -75,8 +74,7 @@ def standins(standin_cache) -> dict:
 def tiny_data(tmp_path_factory) -> Path:
     """16 train and 4 dev rows of the shipped sample: run_trial in a few seconds."""
     d = tmp_path_factory.mktemp("tiny-data")
-    pd.read_csv(ROOT / "data" / "train.csv", dtype=str).head(16).to_csv(d / "train.csv", index=False)
-    pd.read_csv(ROOT / "data" / "dev.csv", dtype=str).head(4).to_csv(d / "dev.csv", index=False)
+    write_sample(d, train=16, dev=4)
     return d
 
 
