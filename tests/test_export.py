@@ -191,16 +191,26 @@ def test_telemetry_fields_in_experiment_analysis_for_every_trial(smoke_grid):
 
 
 def test_gpu_sampler_summarizes_nvml_samples(monkeypatch):
-    """The sampling thread and the interval summary, with NVML's answers faked (no GPU here)."""
+    """The sampling thread and the interval summary, with NVML's answers faked (no GPU here): ten readings,
+    then the driver goes away, which stops the thread with the ten samples kept."""
+    import time
     import types
 
     import pynvml
 
     from trainables import telemetry
 
-    utils = iter([90, 10, 80, 70, 60, 50, 40, 30, 20, 100] * 1000)
-    monkeypatch.setattr(telemetry, "_nvml_handle", lambda: "handle")
-    monkeypatch.setattr(pynvml, "nvmlDeviceGetUtilizationRates", lambda h: types.SimpleNamespace(gpu=next(utils)))
+    readings = [90, 10, 80, 70, 60, 50, 40, 30, 20, 100]
+    calls = []
+
+    def utilization(handle):
+        if len(calls) == len(readings):
+            raise pynvml.NVMLError(pynvml.NVML_ERROR_GPU_IS_LOST)
+        calls.append(handle)
+        return types.SimpleNamespace(gpu=readings[len(calls) - 1])
+
+    monkeypatch.setattr(telemetry, "nvml_handle", lambda: "handle")
+    monkeypatch.setattr(pynvml, "nvmlDeviceGetUtilizationRates", utilization)
     monkeypatch.setattr(pynvml, "nvmlDeviceGetMemoryInfo", lambda h: types.SimpleNamespace(used=3 * 2**30))
 
     def no_power(handle):
@@ -209,16 +219,12 @@ def test_gpu_sampler_summarizes_nvml_samples(monkeypatch):
     monkeypatch.setattr(pynvml, "nvmlDeviceGetPowerUsage", no_power)
     sampler = telemetry.GpuSampler(interval_s=0.001)
     try:
-        import time
-
         deadline = time.time() + 10
-        while len(sampler._samples) < 10 and time.time() < deadline:
+        while len(calls) < len(readings) and time.time() < deadline:
             time.sleep(0.01)
-        with sampler._lock:
-            sampler._samples = sampler._samples[:10]
-        fields = sampler.take()
     finally:
-        sampler.stop()
+        sampler.stop()  # waits for the thread: the sample being read when it stops is kept
+    fields = sampler.take()
     assert fields["gpu_util_mean"] == 55.0 and fields["gpu_util_p10"] == 10.0 and fields["gpu_mem_used_gb"] == 3.0
     assert "gpu_power_w" not in fields  # not given by the driver: absent, not zero
 
@@ -388,7 +394,7 @@ def test_exported_tokenizer_and_generation_config_frame_as_the_project_does(fore
 
     from trainables.config import apply_mode, load_search_space
     from trainables.data import model_inputs, read_split
-    from trainables.export import _write_one
+    from trainables.export import write_model_folder
     from trainables.framing import probe_framing
     from trainables.inference import generate_summaries
     from trainables.predict import load_for_inference, read_meta, recorded_framing
@@ -398,7 +404,7 @@ def test_exported_tokenizer_and_generation_config_frame_as_the_project_does(fore
     exp["generation"].update(max_length=12, min_length=2, num_beams=2, no_repeat_ngram_size=2)
     checkpoint = _lora_checkpoint(foreign[layout], exp, tmp_path / "checkpoint")
     out = tmp_path / "model"
-    _write_one(layout, SimpleNamespace(trial_id="t0", config={}), checkpoint, {}, out, False, "fp32", "competition_score")
+    write_model_folder(layout, SimpleNamespace(trial_id="t0", config={}), checkpoint, {}, out, False, "fp32", "competition_score")
     assert "Framing (as in training)" in (out / "README.md").read_text(encoding="utf-8")
 
     dialogues = read_split(ROOT / "data", "dev").frame["dialogue"].head(4).tolist()

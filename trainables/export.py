@@ -260,8 +260,10 @@ def _card_record(exp: dict[str, Any], settings: dict[str, Any]) -> str:
 """
 
 
-def _write_one(name: str, trial, checkpoint: Path, row: dict[str, Any], target: Path, adapter_only: bool,
-               dtype: str, metric: str) -> None:
+def write_model_folder(name: str, trial, checkpoint: Path, row: dict[str, Any], target: Path, adapter_only: bool,
+                       dtype: str, metric: str) -> None:
+    """One trial's `checkpoint` as a standalone model folder at `target` (merged weights, or the adapter only),
+    with its model card; written beside `target` under a temporary name and renamed at the end."""
     from trainables.framing import probe_framing
     from trainables.predict import read_meta
     from trainables.layout import TRIAL_META
@@ -316,7 +318,7 @@ def export(experiment_dir: Path, out: Path, metric: str | None = None, trial: st
         staging = _temp_beside(out)
         try:
             for (name, t, checkpoint, row), target in zip(picked, targets):
-                _write_one(name, t, checkpoint, row, staging / name, adapter_only, dtype, metric)
+                write_model_folder(name, t, checkpoint, row, staging / name, adapter_only, dtype, metric)
                 print(f"Exported {name} from {checkpoint}", flush=True)
             _finish(staging, out)
         except BaseException:
@@ -325,7 +327,7 @@ def export(experiment_dir: Path, out: Path, metric: str | None = None, trial: st
         written = targets
     else:
         name, t, checkpoint, row = picked[0]
-        _write_one(name, t, checkpoint, row, out, adapter_only, dtype, metric)
+        write_model_folder(name, t, checkpoint, row, out, adapter_only, dtype, metric)
         print(f"Exported {name} from {checkpoint}", flush=True)
         written = [out]
     for path in written:

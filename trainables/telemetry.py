@@ -23,7 +23,7 @@ GPU_FIELDS = ("gpu_util_mean", "gpu_util_p10", "gpu_mem_used_gb", "gpu_power_w")
 THROUGHPUT_FIELDS = ("train_samples_per_s", "train_label_tokens_per_s", "eval_s")
 
 
-def _nvml_handle():
+def nvml_handle():
     """NVML's handle for this process's CUDA device 0 (matched by UUID, as CUDA_VISIBLE_DEVICES renumbers), or None."""
     try:
         import pynvml
@@ -50,7 +50,7 @@ class GpuSampler:
     """NVML samples of one GPU, taken in a daemon thread until `stop()`."""
 
     def __init__(self, interval_s: float = 0.5):
-        self.handle = _nvml_handle()
+        self.handle = nvml_handle()
         self.interval_s = interval_s
         self._samples: list[tuple[float, float, float | None]] = []  # (util %, memory used GB, power W)
         self._lock = threading.Lock()
