@@ -128,6 +128,9 @@ class _WhitespaceTokenizer:
     def prime(self, texts: Iterable[str]) -> None:  # nothing to precompute
         pass
 
+    def clear(self) -> None:  # nothing cached
+        pass
+
 
 class _MorphemeTokenizer:
     """kiwipiepy morpheme surface forms, tags protected, batched and cached."""
@@ -172,6 +175,9 @@ class _MorphemeTokenizer:
         if text not in self._cache:
             self.prime([text])
         return self._cache[text]
+
+    def clear(self) -> None:
+        self._cache.clear()
 
 
 def _checked_texts(predictions, references) -> tuple[list[str], list[list[str]]]:
@@ -227,6 +233,11 @@ class KoreanRouge:
     def tokenize(self, text: str) -> list[str]:
         """The tokens ROUGE is computed on, for one text."""
         return list(self._tokenizer.tokenize(text))
+
+    def clear_cache(self) -> None:
+        """Forget the analyses of earlier calls, so the next `score` analyses its texts again (benchmarks time
+        the analysis, not a cache hit)."""
+        self._tokenizer.clear()
 
     def score(
         self,
