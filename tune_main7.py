@@ -36,7 +36,7 @@ def _positive_int(text: str) -> int:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    from trainables.config import METRICS, MODES  # pyyaml and pydantic only: --help stays fast
+    from trainables.config import METRICS, MODES, TOKENIZATIONS  # pyyaml and pydantic only: --help stays fast
 
     parser = argparse.ArgumentParser(
         prog="tune_main7.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -57,9 +57,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--name", help="experiment folder name, new (default: main7-<mode>-<timestamp>-<random>)")
     parser.add_argument("--cache-dir", help="where stand-in models are built (default: ~/.cache/tune_main7)")
     parser.add_argument("--metric", choices=METRICS,
-                        help="chooses the best checkpoint of each trial and the best trial (run: default "
-                             "competition_score; report/predict: default the metric the experiment ran with)")
-    parser.add_argument("--tokenization", choices=("whitespace", "morpheme"),
+                        help="the run's one metric: early stopping, the checkpoints kept, the best trial (run: sets "
+                             "metric.best_metric of every config, default the configs' own, competition_score unless "
+                             "set; report/predict/export: default the metric the experiment ran with)")
+    parser.add_argument("--tokenization", choices=TOKENIZATIONS,
                         help="ROUGE tokenization for every experiment (default: each YAML's metric.tokenization, "
                              "whitespace unless set)")
     parser.add_argument("--max-concurrent", type=_positive_int, help="trials at once (default: the GPUs, the cluster's with --address, or CPUs in smoke)")
@@ -101,8 +102,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.mode = args.mode or "smoke"
     if args.command != "predict":  # predict: the folder the experiment trained on
         args.data_dir = args.data_dir or str(HERE / "data")
-    if args.command not in ("report", "predict", "export") and args.resume is None:
-        args.metric = args.metric or "competition_score"
     return args
 
 

@@ -44,3 +44,30 @@ def smoke_grid(tmp_path_factory, standin_cache) -> tuple[Path, subprocess.Comple
     proc = run_cli("--mode", "smoke", "--storage-path", str(storage), "--name", "smoke-grid",
                    "--cache-dir", str(standin_cache))
     return storage / "smoke-grid", proc
+
+
+def set_fields(section, **values) -> None:
+    """Change fields of a typed config section in place (tests shrink sizes; the trial re-validates)."""
+    for key, value in values.items():
+        if not hasattr(section, key):
+            raise AttributeError(f"{type(section).__name__} has no field {key!r}")
+        setattr(section, key, value)
+
+
+def toy_plan(names: list[str], storage_path, name: str, run_extra: dict | None = None, **plan_fields):
+    """(GridPlan, param_space) for scheduling tests with trivial trainables: experiments named `names` (a shipped
+    config renamed, so whatever reads a trial's config finds every field), and a param_space whose `run` also
+    carries `run_extra` for the toy trials. Pass both to grid.build_tuner(plan, trainable, param_space=...)."""
+    from ray import tune
+
+    from trainables.config import RunContext, load_experiment
+    from trainables.grid import GridPlan
+
+    base = load_experiment(ROOT / "search_spaces" / "01_baseline_kobart_rtx3090.yaml")
+    experiments = [base.model_copy(update={"name": n}) for n in names]
+    run = RunContext(mode="smoke", data_dir=str(ROOT / "data"), models={})
+    plan = GridPlan(experiments=experiments, run=run, storage_path=storage_path, name=name,
+                    **{"use_gpu": False, "max_concurrent": None, "metric": "score", "max_failures": 0, **plan_fields})
+    space = {"experiment": tune.grid_search([e.model_dump() for e in experiments]),
+             "run": {**run.model_dump(), **(run_extra or {})}}
+    return plan, space

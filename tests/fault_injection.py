@@ -19,14 +19,23 @@ def callback_spec(**fault: Any) -> dict[str, Any]:
 
 
 class InjectFault(TrainerCallback):
-    """Kill this process once after an epoch (`kill_after_epoch`, `marker`: the file that says it happened), or
-    raise a CUDA OOM while the per-device batch is above `oom_above_batch`."""
+    """Kill this process once after an epoch (`kill_after_epoch`, `marker`: the file that says it happened), raise
+    a CUDA OOM while the per-device batch is above `oom_above_batch`, or blow the trainable weights up to 1e30 after
+    optimizer step `blow_up_after_step` (what a far too high learning rate does: the next loss is inf/NaN)."""
 
     def __init__(self, kill_after_epoch: float | None = None, marker: str | None = None,
-                 oom_above_batch: int | None = None):
+                 oom_above_batch: int | None = None, blow_up_after_step: int | None = None):
         self.kill_after_epoch, self.marker, self.oom_above_batch = kill_after_epoch, marker, oom_above_batch
+        self.blow_up_after_step = blow_up_after_step
 
-    def on_step_end(self, args, state, control, **kwargs):
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if state.global_step == self.blow_up_after_step:
+            import torch
+
+            with torch.no_grad():
+                for p in model.parameters():
+                    if p.requires_grad:
+                        p.fill_(1e30)
         if self.oom_above_batch is not None and args.per_device_train_batch_size > self.oom_above_batch:
             import torch
 

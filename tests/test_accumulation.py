@@ -1,7 +1,7 @@
 """Gradient accumulation is exact: the same effective batch split two ways (8 x 1, 4 x 2, 2 x 4) gives the same
 first-step gradient and the same logged training loss, for every family, with and without LoRA and 4-bit.
 
-Through the trial's own Trainer (`seq2seq.make_trainer`, what `run_trial` builds), on the tiny stand-ins, dropout
+Through the trial's own Trainer (`seq2seq.build_trainer`, what `run_trial` builds), on the tiny stand-ins, dropout
 off, 8 training rows: one optimizer step, the same 8 dialogues whatever the split (their micro-batches hold
 different numbers of label tokens). Measured before the fix (transformers 5 skipping the division by the
 accumulation steps for these models): the gradient grew with the split, 1 : 2 : 4 for 8 x 1, 4 x 2, 2 x 4
@@ -12,17 +12,17 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import write_sample
-from tests.test_models import BART_CONFIG, MT5_CONFIG, T5_CONFIG, build, configs, smoke_exp, standins  # noqa: F401
+from tests.conftest import set_fields, write_sample
+from tests.test_models import (  # noqa: F401
+    BART_CONFIG, MT5_CONFIG, T5_CONFIG, build, configs, smoke_exp, standins, trial_config,
+)
+from tests.trial_hooks import FIRST_STEP as SEEN
+from tests.trial_hooks import StopAfterFirstStep, no_dropout
 
 MT5_TIED_CONFIG = "01_mt5_xlsum_ultimate"  # LoRA on lm_head and the embeddings too
 FAMILIES = {"t5": T5_CONFIG, "mt5": MT5_CONFIG, "bart": BART_CONFIG}
 VARIANTS = {"full": {"use_qlora": False, "load_in_4bit": False}, "lora": {"use_qlora": True, "load_in_4bit": False},
             "qlora": {"use_qlora": True, "load_in_4bit": True}}
-
-
-class _Stop(Exception):
-    pass
 
 
 @pytest.fixture(scope="module")
@@ -32,58 +32,23 @@ def eight_rows(tmp_path_factory):
     return d
 
 
-def no_dropout(model) -> None:
-    """Dropout off, so the forward is the same whatever the split: the nn.Dropout modules, and the rates that
-    attention layers apply functionally (T5's `dropout`, BART's `dropout`/`attention_dropout`/...)."""
-    import torch
-
-    for module in model.modules():
-        if isinstance(module, torch.nn.Dropout):
-            module.p = 0.0
-        for name, value in list(vars(module).items()):
-            if "dropout" in name and isinstance(value, float):
-                setattr(module, name, 0.0)
-
-
-def first_step(exp: dict, model_path: str, data_dir, batch: int, accumulation: int, tmp_path):
+def first_step(exp, model_path: str, data_dir, batch: int, accumulation: int, tmp_path):
     """(gradient of every trainable parameter, logged loss, the meter's unrounded loss) of the first optimizer
-    step of the trial's Trainer at `batch` x `accumulation`."""
-    import torch
-    from transformers import TrainerCallback, set_seed
+    step of the trial's Trainer (`seq2seq.build_trainer`, as `run_trial` builds it) at `batch` x `accumulation`."""
+    from trainables.callbacks import TrialRecord
+    from trainables.seq2seq import TrialData, build_trainer, decide_trial_settings
 
-    from trainables.data import read_split, tokenize_split
-    from trainables.seq2seq import TrainLossMeter, make_trainer
-
-    exp = {**exp, "training": {**exp["training"], "per_device_train_batch_size": batch,
-                               "gradient_accumulation_steps": accumulation}}
-    set_seed(exp["training"]["seed"])
-    model, tokenizer, settings = build(exp, model_path)
-    no_dropout(model)
-    from trainables.framing import probe_framing
-
-    framing = probe_framing(tokenizer, model_path)  # as run_trial frames inputs and labels
-    framing.apply_to(model)
-    tok = exp["tokenizer"]
-    splits = [tokenize_split(read_split(data_dir, s).frame, tokenizer, tok["input_prefix"], tok["encoder_max_len"],
-                             tok["decoder_max_len"], framing) for s in ("train", "dev")]
-    seen: dict = {}
-
-    class Capture(TrainerCallback):
-        def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
-            seen["grad"] = {n: p.grad.detach().clone() for n, p in model.named_parameters()
-                            if p.requires_grad and p.grad is not None}
-
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            if "loss" in (logs or {}):
-                seen["loss"] = logs["loss"]
-                raise _Stop
-
-    meter = TrainLossMeter()
-    trainer = make_trainer(exp, {"model_path": model_path}, settings, model, tokenizer, *splits, str(tmp_path),
-                           [Capture()], meter=meter)
-    with pytest.raises(_Stop):
+    exp = exp.model_copy(deep=True)
+    set_fields(exp.training, per_device_train_batch_size=batch, gradient_accumulation_steps=accumulation)
+    trial = trial_config(exp, model_path, data_dir, callbacks=[{"factory": "tests.trial_hooks:CaptureFirstStep"}])
+    settings, speed_plan, placement = decide_trial_settings(trial)
+    data = TrialData.load(trial, settings)  # framed as run_trial frames inputs and labels
+    record = TrialRecord(exp.name, exp.model_dump(), model_path, settings, [], placement, started=0.0)
+    SEEN.clear()
+    trainer = build_trainer(trial, settings, speed_plan, data, str(tmp_path), record, report=lambda m, c: None)
+    with pytest.raises(StopAfterFirstStep):
         trainer.train()
-    return seen["grad"], seen["loss"], float(meter.total)
+    return SEEN["grad"], SEEN["loss"], float(SEEN["meter"].total)
 
 
 def relative_difference(a: dict, b: dict) -> float:
@@ -95,7 +60,7 @@ def relative_difference(a: dict, b: dict) -> float:
     return float(diff / norm)
 
 
-def accumulation_exp(configs, name: str, variant: str) -> dict:  # noqa: F811
+def accumulation_exp(configs, name: str, variant: str):  # noqa: F811
     return smoke_exp(
         configs, name,
         training={"num_train_epochs": 1, "logging_steps": 1, "eval_steps": None, "early_stopping_patience": None,
@@ -147,16 +112,16 @@ def test_logged_loss_is_the_mean_per_token_loss(configs, standins, eight_rows, t
     exp = accumulation_exp(configs, BART_CONFIG, "lora")
     path = standins("bart")
     _, logged, mean = first_step(exp, path, eight_rows, 2, 4, tmp_path / "run")
-    set_seed(exp["training"]["seed"])
+    set_seed(exp.training.seed)
     model, tokenizer, _ = build(exp, path)
     no_dropout(model)
     from trainables.framing import probe_framing
 
     framing = probe_framing(tokenizer, path)
     framing.apply_to(model)
-    tok = exp["tokenizer"]
-    rows = tokenize_split(read_split(eight_rows, "train").frame, tokenizer, tok["input_prefix"], tok["encoder_max_len"],
-                          tok["decoder_max_len"], framing)
+    tok = exp.tokenizer
+    rows = tokenize_split(read_split(eight_rows, "train").frame, tokenizer, tok.input_prefix, tok.encoder_max_len,
+                          tok.decoder_max_len, framing)
     batch = DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=-100)([rows[i] for i in range(len(rows))])
     with torch.no_grad():
         whole = float(model(**batch).loss)

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from trainables.grid import GridPlan, build_tuner, experiment_location, read_marker, storage_location, write_marker
+from tests.conftest import toy_plan
+from trainables.grid import build_tuner, experiment_location, read_marker, storage_location, write_marker
 from trainables.launch import UsageError, start_ray
 
 
@@ -50,16 +51,15 @@ def make_trainable(wait_s: float):
     return trivial_trial
 
 
-def two_trial_plan(storage: Path, name: str, max_concurrent: int | None, barrier: Path) -> GridPlan:
+def two_trial_plan(storage: Path, name: str, max_concurrent: int | None, barrier: Path):
     barrier.mkdir(parents=True)
-    return GridPlan(
-        experiments=[{"name": "exp_a"}, {"name": "exp_b"}], run={"mode": "test", "barrier": str(barrier)},
-        storage_path=storage, name=name, use_gpu=True, max_concurrent=max_concurrent, metric="score", max_failures=0,
-    )
+    return toy_plan(["exp_a", "exp_b"], storage, name, run_extra={"barrier": str(barrier)}, use_gpu=True,
+                    max_concurrent=max_concurrent)
 
 
-def fit(plan: GridPlan, wait_s: float) -> list[dict]:
-    results = build_tuner(plan, trainable=make_trainable(wait_s)).fit()
+def fit(plan_and_space, wait_s: float) -> list[dict]:
+    plan, space = plan_and_space
+    results = build_tuner(plan, trainable=make_trainable(wait_s), param_space=space).fit()
     assert not results.errors, results.errors
     rows = sorted((r.metrics for r in results), key=lambda m: m["start"])
     assert len(rows) == 2
@@ -121,9 +121,9 @@ def test_gpu_trials_run_on_the_cluster_node_with_the_gpu(no_ray_address, tmp_pat
         cluster.wait_for_nodes()
         gpus = start_ray(args, "quick", use_gpu=True)
         assert gpus == 1
-        plan = two_trial_plan(tmp_path / "shared", "on-cluster", None, tmp_path / "barrier")
+        plan, space = two_trial_plan(tmp_path / "shared", "on-cluster", None, tmp_path / "barrier")
         plan.max_concurrent = gpus  # what run_grid does after start_ray when --max-concurrent isn't given
-        rows = fit(plan, wait_s=1)
+        rows = fit((plan, space), wait_s=1)
         assert {r["node"] for r in rows} == {gpu_node.node_id} != {cluster.head_node.node_id}
         assert rows[1]["start"] >= rows[0]["end"], "one GPU in the cluster: one trial at a time"
         assert len([p for p in (tmp_path / "shared" / "on-cluster").iterdir() if (p / "params.json").exists()]) == 2
@@ -138,8 +138,7 @@ def test_storage_uri_passes_through_and_local_paths_become_absolute(tmp_path, mo
     assert storage_location(Path("rel")) == str(tmp_path / "rel")
 
     uri = f"file://{tmp_path}/remote"  # a URI that pyarrow.fs writes without a cloud account
-    plan = GridPlan(experiments=[{"name": "exp_a"}], run={"mode": "full"}, storage_path=uri, name="exp",
-                    use_gpu=True, max_concurrent=None)
+    plan, _ = toy_plan(["exp_a"], uri, "exp", use_gpu=True)
     assert experiment_location(plan) == f"{uri}/exp"
     write_marker(experiment_location(plan), plan)
     assert read_marker(f"{uri}/exp")["experiments"] == ["exp_a"]

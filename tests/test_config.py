@@ -105,12 +105,19 @@ def test_seed_wi_target_is_caught(tmp_path):
 def test_modes_change_only_what_they_say():
     cfg = load_experiment(ROOT / "search_spaces" / "01_mt5_xlsum_ultimate.yaml")
     full, changes = apply_mode(cfg, "full")
-    assert changes == [] and full == cfg.model_dump()
+    assert changes == [] and full == cfg and full is not cfg
     quick, changes = apply_mode(cfg, "quick")
-    assert quick["training"]["num_train_epochs"] == 1 and changes == ["training.num_train_epochs: 8 -> 1"]
+    assert quick.training.num_train_epochs == 1 and changes == ["training.num_train_epochs: 8 -> 1"]
+    assert cfg.training.num_train_epochs == 8  # the loaded config is left as it was
     smoke, changes = apply_mode(cfg, "smoke")
-    assert smoke["generation"]["num_beams"] <= 2 and smoke["tokenizer"]["encoder_max_len"] <= 192
-    assert smoke["qlora"]["use_qlora"] and smoke["qlora"]["load_in_4bit"]  # QLoRA path kept in smoke
+    assert smoke.generation.num_beams <= 2 and smoke.tokenizer.encoder_max_len <= 192
+    assert smoke.qlora.use_qlora and smoke.qlora.load_in_4bit  # QLoRA path kept in smoke
+    # every change is recorded, and nothing else differs
+    changed = {c.split(":")[0] for c in changes}
+    for section in ("training", "tokenizer", "generation", "qlora", "metric", "speed"):
+        for key, value in getattr(smoke, section).model_dump().items():
+            if f"{section}.{key}" not in changed:
+                assert value == getattr(getattr(cfg, section), key), f"{section}.{key}"
     assert any(c.startswith("generation.num_beams") for c in changes)
     with pytest.raises(ConfigError, match="unknown mode"):
         apply_mode(cfg, "turbo")
@@ -125,7 +132,7 @@ def test_tokenization_override_and_missing_analyzer(monkeypatch):
     args = argparse.Namespace(search_space=str(ROOT / "search_spaces"), only=["01_baseline_kobart_rtx3090"],
                               mode="smoke", data_dir=str(ROOT / "data"), tokenization="morpheme")
     experiments, _, changes = launch.check_inputs(args)
-    assert experiments[0]["metric"]["tokenization"] == "morpheme"
+    assert experiments[0].metric.tokenization == "morpheme"
     assert any("--tokenization" in c for c in changes["01_baseline_kobart_rtx3090"])
 
     real_find_spec = importlib.util.find_spec
@@ -142,16 +149,39 @@ def test_smoke_keeps_accumulation_step_evaluation_and_early_stopping():
     rows = 300  # data/train.csv
     for cfg in load_search_space(ROOT / "search_spaces"):
         smoke, changes = apply_mode(cfg, "smoke", train_rows=rows)
-        t, full = smoke["training"], cfg.training
-        assert t["gradient_accumulation_steps"] == full.gradient_accumulation_steps > 1, cfg.name
-        assert t["early_stopping_patience"] == full.early_stopping_patience, cfg.name
-        assert t["logging_steps"] == full.logging_steps, cfg.name
-        steps_per_epoch = math.ceil(math.ceil(rows / t["per_device_train_batch_size"]) / t["gradient_accumulation_steps"])
-        assert t["eval_steps"] is not None and 1 <= t["eval_steps"] <= full.eval_steps, cfg.name
-        assert steps_per_epoch // t["eval_steps"] >= 2 or t["eval_steps"] < steps_per_epoch, cfg.name
+        t, full = smoke.training, cfg.training
+        assert t.gradient_accumulation_steps == full.gradient_accumulation_steps > 1, cfg.name
+        assert t.early_stopping_patience == full.early_stopping_patience, cfg.name
+        assert t.logging_steps == full.logging_steps, cfg.name
+        steps_per_epoch = math.ceil(math.ceil(rows / t.per_device_train_batch_size) / t.gradient_accumulation_steps)
+        assert t.eval_steps is not None and 1 <= t.eval_steps <= full.eval_steps, cfg.name
+        assert steps_per_epoch // t.eval_steps >= 2 or t.eval_steps < steps_per_epoch, cfg.name
         touched = {c.split(":")[0] for c in changes}
         assert touched <= {"training.num_train_epochs", "training.per_device_train_batch_size",
                            "training.per_device_eval_batch_size", "training.eval_steps", "training.learning_rate",
                            "training.warmup_ratio", "tokenizer.encoder_max_len", "tokenizer.decoder_max_len",
                            "generation.num_beams", "generation.max_length", "generation.min_length",
                            "qlora.lora_rank", "qlora.lora_alpha"}, touched
+
+
+def test_one_metric_per_run_from_the_configs_or_the_command_line(tmp_path):
+    """metric.best_metric drives early stopping; Tune keeps checkpoints and ranks trials by the run's metric: they
+    are one setting. Configs that disagree are refused before anything starts, unless --metric sets it for all."""
+    import argparse
+
+    from trainables import launch
+
+    for name, metric in (("a", "rouge1"), ("b", "eval_loss")):
+        data = _base()
+        data["name"], data["metric"] = name, {"best_metric": metric}
+        _write(tmp_path, name, data)
+    args = argparse.Namespace(search_space=str(tmp_path), only=None, mode="smoke", data_dir=str(ROOT / "data"),
+                              tokenization=None, metric=None)
+    experiments, _, _ = launch.check_inputs(args)
+    with pytest.raises(ConfigError, match=r"disagree on metric.best_metric \(a: rouge1, b: eval_loss\)"):
+        launch.run_metric(experiments, str(tmp_path))
+    args.metric = "eval_loss"
+    experiments, _, changes = launch.check_inputs(args)
+    assert launch.run_metric(experiments, str(tmp_path)) == "eval_loss"
+    assert changes["a"][-1] == "metric.best_metric: rouge1 -> eval_loss (--metric)"
+    assert not any("best_metric" in c for c in changes["b"])  # already eval_loss: nothing changed, nothing recorded

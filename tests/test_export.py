@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.conftest import ROOT, run_cli
+from tests.conftest import ROOT, run_cli, set_fields
 
 # Runs in a fresh interpreter, outside the repository, importing nothing of the project.
 PLAIN_TRANSFORMERS = textwrap.dedent("""
@@ -261,7 +261,7 @@ def test_merged_model_computes_what_the_checkpoint_computes(config, arch, standi
     base = str(build_standin(arch, training_texts(ROOT / "data"), standin_cache, warm_start=False))
     exp, _ = apply_mode(load_experiment(ROOT / "search_spaces" / f"{config}.yaml"), "smoke")
     settings = decide_settings(exp, Environment.probe(), "standin")
-    tokenizer = load_tokenizer(base, exp["tokenizer"]["special_tokens"])
+    tokenizer = load_tokenizer(base, exp.tokenizer.special_tokens)
     torch.manual_seed(0)
     model = load_model(exp, base, tokenizer, settings)
     with torch.no_grad():  # stands in for training: every trainable weight moves
@@ -272,7 +272,7 @@ def test_merged_model_computes_what_the_checkpoint_computes(config, arch, standi
     model.save_pretrained(checkpoint)
     tokenizer.save_pretrained(checkpoint)
     meta = {"experiment": exp, "model_path": base, "settings": settings.as_metrics()}
-    (checkpoint / "trial_meta.json").write_text(json.dumps(meta))
+    (checkpoint / "trial_meta.json").write_text(json.dumps({**meta, "experiment": exp.model_dump()}))
 
     reference, _ = load_for_inference(checkpoint, meta)
     merged, _ = merged_model(checkpoint, meta, "fp32")
@@ -314,11 +314,11 @@ def test_trial_reports_throughput_counted_from_the_training_batches(configs, sta
     monkeypatch.setattr(telemetry.Telemetry, "restart", spy)
     reports = []
     run_trial(trial_config(copy.deepcopy(exp), standins("bart"), tiny_data), lambda m, c: reports.append(m))
-    tok = exp["tokenizer"]
-    tokenizer = load_tokenizer(standins("bart"), tok["special_tokens"])
+    tok = exp.tokenizer
+    tokenizer = load_tokenizer(standins("bart"), tok.special_tokens)
     framing = probe_framing(tokenizer, str(standins("bart")))  # as run_trial frames the labels it counts
-    train = tokenize_split(read_split(tiny_data, "train").frame, tokenizer, tok["input_prefix"], tok["encoder_max_len"],
-                           tok["decoder_max_len"], framing)
+    train = tokenize_split(read_split(tiny_data, "train").frame, tokenizer, tok.input_prefix, tok.encoder_max_len,
+                           tok.decoder_max_len, framing)
     label_tokens = sum(len(labels) for labels in train["labels"])
     per_report = counted[1:]  # the first restart is the Trainer's on_train_begin
     assert len(reports) == len(per_report) >= 2
@@ -365,11 +365,11 @@ def _lora_checkpoint(model_path: str, exp: dict, folder: Path) -> Path:
     from transformers import AutoModelForSeq2SeqLM
 
     from trainables.models import grow_vocabulary, load_tokenizer
-    from trainables.seq2seq import TRIAL_META
+    from trainables.layout import TRIAL_META
 
-    tokenizer = load_tokenizer(model_path, exp["tokenizer"]["special_tokens"])
+    tokenizer = load_tokenizer(model_path, exp.tokenizer.special_tokens)
     model = AutoModelForSeq2SeqLM.from_pretrained(model_path)
-    grow_vocabulary(model, tokenizer, exp["training"]["seed"])
+    grow_vocabulary(model, tokenizer, exp.training.seed)
     targets = ["q", "v"] if model.config.model_type in ("t5", "mt5") else ["q_proj", "v_proj"]
     model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=targets, task_type="SEQ_2_SEQ_LM"))
     torch.manual_seed(1)
@@ -379,7 +379,7 @@ def _lora_checkpoint(model_path: str, exp: dict, folder: Path) -> Path:
                 p.normal_(0, 0.05)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
-    (folder / TRIAL_META).write_text(json.dumps({"experiment": exp, "model_path": model_path,
+    (folder / TRIAL_META).write_text(json.dumps({"experiment": exp.model_dump(), "model_path": model_path,
                                                  "settings": {"eff_lora": True, "eff_load_in_4bit": False}}))
     return folder
 
@@ -400,8 +400,8 @@ def test_exported_tokenizer_and_generation_config_frame_as_the_project_does(fore
     from trainables.predict import load_for_inference, read_meta, recorded_framing
 
     exp, _ = apply_mode(load_search_space(ROOT / "search_spaces", [CONFIG_FOR[layout]])[0], "smoke")
-    exp["tokenizer"]["encoder_max_len"] = 48  # the dialogues are longer: truncation must leave room for the frame
-    exp["generation"].update(max_length=12, min_length=2, num_beams=2, no_repeat_ngram_size=2)
+    exp.tokenizer.encoder_max_len = 48  # the dialogues are longer: truncation must leave room for the frame
+    set_fields(exp.generation, max_length=12, min_length=2, num_beams=2, no_repeat_ngram_size=2)
     checkpoint = _lora_checkpoint(foreign[layout], exp, tmp_path / "checkpoint")
     out = tmp_path / "model"
     write_model_folder(layout, SimpleNamespace(trial_id="t0", config={}), checkpoint, {}, out, False, "fp32", "competition_score")
@@ -409,7 +409,7 @@ def test_exported_tokenizer_and_generation_config_frame_as_the_project_does(fore
 
     dialogues = read_split(ROOT / "data", "dev").frame["dialogue"].head(4).tolist()
     dialogues.append("#Person1#: 안녕 #Person2#: 네")  # short: nothing to cut
-    texts = model_inputs(dialogues, exp["tokenizer"]["input_prefix"])
+    texts = model_inputs(dialogues, exp.tokenizer.input_prefix)
     (tmp_path / "texts.json").write_text(json.dumps(texts, ensure_ascii=False), encoding="utf-8")
     script, result = tmp_path / "plain_framed.py", tmp_path / "plain_framed.json"
     script.write_text(PLAIN_FRAMED, encoding="utf-8")
@@ -421,7 +421,7 @@ def test_exported_tokenizer_and_generation_config_frame_as_the_project_does(fore
 
     model, tokenizer = load_for_inference(checkpoint, read_meta(checkpoint))  # predict's path on the checkpoint
     framing = probe_framing(tokenizer, model.config)
-    assert plain["ids"] == framing.encode_inputs(tokenizer, texts, exp["tokenizer"]["encoder_max_len"])
+    assert plain["ids"] == framing.encode_inputs(tokenizer, texts, exp.tokenizer.encoder_max_len)
     predicted = generate_summaries(model, tokenizer, dialogues, exp, batch_size=1)
     assert plain["summaries"] == [" ".join(s.split()) for s in predicted]
     # predict on the exported folder frames as on the checkpoint (its tokenizer now adds the frame itself)

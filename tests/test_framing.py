@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, run_cli, write_sample
+from tests.conftest import ROOT, run_cli, set_fields, write_sample
 from tests.foreign_checkpoints import LAYOUTS, build_foreign
-from trainables.config import DEFAULT_SPECIAL_TOKENS, apply_mode, load_search_space
+from trainables.config import DEFAULT_SPECIAL_TOKENS, ExperimentConfig, TrialConfig, apply_mode, load_search_space
 from trainables.data import read_split, tokenize_split
 from trainables.framing import probe_framing
 from trainables.models import grow_vocabulary, load_tokenizer
@@ -135,7 +135,7 @@ def test_decoding_strips_the_frame_and_stops_at_eos(foreign, layout):
         assert cut == tokenizer.decode(body[:3], skip_special_tokens=True).strip()  # nothing after the first EOS
     # A random model's summaries, through the predict path's generate_summaries: no special token in the text.
     exp, _ = apply_mode(load_search_space(ROOT / "search_spaces", [CONFIG_FOR[layout]])[0], "smoke")
-    exp["generation"].update(max_length=12, min_length=1, num_beams=2)
+    set_fields(exp.generation, max_length=12, min_length=1, num_beams=2)
     dev = read_split(ROOT / "data", "dev").frame.head(3)
     summaries = generate_summaries(model, tokenizer, dev["dialogue"].tolist(), exp)
     assert len(summaries) == 3
@@ -208,7 +208,7 @@ def test_an_untied_head_stays_untied_when_the_vocabulary_grows(foreign):
 # Training through run_trial (slow): models learn to stop, added rows train inside spare rows
 
 
-def trial(exp: dict, model_path: str, data_dir: Path, keep: Path) -> dict:
+def trial(exp: ExperimentConfig, model_path: str, data_dir: Path, keep: Path) -> dict:
     """Run one trial without Ray; the last reported checkpoint is copied to `keep`. Returns the final record."""
     from trainables.seq2seq import run_trial
 
@@ -218,12 +218,12 @@ def trial(exp: dict, model_path: str, data_dir: Path, keep: Path) -> dict:
         reports.append(metrics)
 
     reports: list[dict] = []
-    config = {"experiment": exp, "run": {
-        "models": {exp["model"]["checkpoint"]: {"model_path": model_path, "model_source": "foreign"}},
+    config = TrialConfig.from_ray({"experiment": exp.model_dump(), "run": {
+        "models": {exp.model.checkpoint: {"model_path": model_path, "model_source": "foreign"}},
         "data_dir": str(data_dir), "mode": "smoke", "torch_threads": 2,
         "environment": {"cuda": False, "bf16_supported": False, "device_name": "cpu", "unsloth_installed": False,
                         "bitsandbytes_installed": True},
-    }}
+    }})
     run_trial(config, report)
     assert reports, "no evaluation was reported"
     return reports[-1]
@@ -237,14 +237,14 @@ def sample_data(tmp_path_factory) -> Path:
     return d
 
 
-def small_exp(configs, name: str, **qlora) -> dict:
+def small_exp(configs, name: str, **qlora) -> ExperimentConfig:
     exp, _ = apply_mode(configs[name], "smoke")
-    exp["training"].update(num_train_epochs=2, per_device_train_batch_size=8, per_device_eval_batch_size=8,
+    set_fields(exp.training, num_train_epochs=2, per_device_train_batch_size=8, per_device_eval_batch_size=8,
                            gradient_accumulation_steps=2, logging_steps=5, early_stopping_patience=None,
                            eval_steps=None, learning_rate=3e-3)
-    exp["tokenizer"].update(encoder_max_len=64, decoder_max_len=16)
-    exp["generation"].update(max_length=32, min_length=1, num_beams=1)
-    exp["qlora"].update(load_in_4bit=False, **qlora)
+    set_fields(exp.tokenizer, encoder_max_len=64, decoder_max_len=16)
+    set_fields(exp.generation, max_length=32, min_length=1, num_beams=1)
+    set_fields(exp.qlora, load_in_4bit=False, **qlora)
     return exp
 
 
@@ -273,7 +273,7 @@ def test_a_trained_model_stops_before_max_length(foreign, configs, sample_data, 
 
     exp = small_exp(configs, CONFIG_FOR[layout], use_qlora=False)
     if layout == "mt5":  # T5's relative positions learn where to stop more slowly: more, smaller updates
-        exp["training"].update(per_device_train_batch_size=4, gradient_accumulation_steps=1, learning_rate=1e-2)
+        set_fields(exp.training, per_device_train_batch_size=4, gradient_accumulation_steps=1, learning_rate=1e-2)
     final = trial(exp, foreign[layout], sample_data, tmp_path / "ckpt")
     assert final["eff_framing"].startswith(("bart:" if layout != "mt5" else "t5:"))
     model, tokenizer = load_for_inference(tmp_path / "ckpt", read_meta(tmp_path / "ckpt"))  # predict's path
@@ -283,7 +283,7 @@ def test_a_trained_model_stops_before_max_length(foreign, configs, sample_data, 
     rows = framing.encode_inputs(tokenizer, dev["dialogue"].tolist(), 64)
     width = max(map(len, rows))
     x = torch.tensor([r + [framing.pad_id] * (width - len(r)) for r in rows])
-    max_length = exp["generation"]["max_length"]
+    max_length = exp.generation.max_length
     with torch.no_grad():
         out = model.generate(input_ids=x, attention_mask=(x != framing.pad_id).long(), max_length=max_length,
                              num_beams=1).tolist()
@@ -310,11 +310,11 @@ def test_added_token_rows_train_inside_padded_mt5_rows(foreign, configs, sample_
     from trainables.predict import load_for_inference, read_meta
 
     exp = small_exp(configs, CONFIG_FOR["mt5"])
-    exp["training"]["num_train_epochs"] = 1
-    assert exp["qlora"]["use_qlora"] and not {"embed_tokens", "shared", "lm_head"} & set(exp["qlora"]["target_modules"])
+    exp.training.num_train_epochs = 1
+    assert exp.qlora.use_qlora and not {"embed_tokens", "shared", "lm_head"} & set(exp.qlora.target_modules)
     base = AutoModelForSeq2SeqLM.from_pretrained(foreign["mt5"])
-    tokenizer = load_tokenizer(foreign["mt5"], exp["tokenizer"]["special_tokens"])
-    new = project_token_ids(tokenizer, exp["tokenizer"]["special_tokens"])
+    tokenizer = load_tokenizer(foreign["mt5"], exp.tokenizer.special_tokens)
+    new = project_token_ids(tokenizer, exp.tokenizer.special_tokens)
     rows = base.get_input_embeddings().num_embeddings
     assert new and max(new) < rows  # inside the spare rows: no resize
 

@@ -27,7 +27,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.conftest import ROOT, run_cli
+from tests.conftest import ROOT, run_cli, toy_plan
 
 TRIAL = "01_baseline_kobart_rtx3090"  # the fastest trial: 3 epochs in smoke mode
 ONLY = ["--only", TRIAL]
@@ -404,7 +404,7 @@ def test_wandb_key_reaches_the_logging_actor_on_a_cluster_without_entering_rays_
     import ray
     from ray.cluster_utils import Cluster
 
-    from trainables.grid import GridPlan, build_tuner
+    from trainables.grid import build_tuner
     from trainables.launch import start_ray
 
     ray_tmp = _ray_tmp()
@@ -429,10 +429,9 @@ def test_wandb_key_reaches_the_logging_actor_on_a_cluster_without_entering_rays_
 
             tune.report({"score": 1.0})
 
-        plan = GridPlan(experiments=[{"name": "exp_a"}], run={"mode": "test", "wandb": True},
-                        storage_path=tmp_path / "results", name="cluster", use_gpu=False, max_concurrent=1,
-                        metric="score", max_failures=0)
-        build_tuner(plan, trainable=trial).fit()
+        plan, space = toy_plan(["exp_a"], tmp_path / "results", "cluster", max_concurrent=1)
+        plan.run.wandb = True
+        build_tuner(plan, trainable=trial, param_space=space).fit()
     finally:
         ray.shutdown()
         cluster.shutdown()

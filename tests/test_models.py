@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, write_sample
+from tests.conftest import ROOT, set_fields, write_sample
 from tests.fault_injection import callback_spec
-from trainables.config import apply_mode, load_search_space
+from trainables.config import ExperimentConfig, TrialConfig, apply_mode, load_search_space
 from trainables.models import (
     Environment,
     decide_settings,
@@ -43,11 +43,11 @@ def configs() -> dict:
     return {c.name: c for c in load_search_space(ROOT / "search_spaces")}
 
 
-def smoke_exp(configs, name: str, **changes) -> dict:
+def smoke_exp(configs, name: str, **changes) -> ExperimentConfig:
     """The config as smoke mode gives it, with section-level overrides: smoke_exp(c, n, qlora={...})."""
     exp, _ = apply_mode(configs[name], "smoke")
     for section, values in changes.items():
-        exp[section].update(values)
+        set_fields(getattr(exp, section), **values)
     return exp
 
 
@@ -80,7 +80,7 @@ def tiny_data(tmp_path_factory) -> Path:
 
 def build(exp: dict, path: str, env: Environment = CPU):
     settings = decide_settings(exp, env, "standin")
-    tokenizer = load_tokenizer(path, exp["tokenizer"]["special_tokens"])
+    tokenizer = load_tokenizer(path, exp.tokenizer.special_tokens)
     return load_model(exp, path, tokenizer, settings), tokenizer, settings
 
 
@@ -165,7 +165,7 @@ def test_qlora_quantizes_base_only_when_asked(configs, standins, four_bit):
     cfg = model.peft_config["default"]
     assert cfg.task_type == TaskType.SEQ_2_SEQ_LM
     assert (cfg.r, cfg.lora_alpha, cfg.lora_dropout) == (8, 24, 0.07)
-    assert set(cfg.target_modules) == set(exp["qlora"]["target_modules"])
+    assert set(cfg.target_modules) == set(exp.qlora.target_modules)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -198,7 +198,7 @@ def test_new_token_rows_get_gradients(configs, standins, arch, name):
 @pytest.mark.parametrize("name", [MT5_CONFIG, T5_CONFIG])  # both ask for fp16 on a T5-family model
 def test_fp16_on_t5_family_runs_bf16_on_a_bf16_card(configs, name):
     exp = apply_mode(configs[name], "full")[0]
-    assert exp["training"]["fp16"]
+    assert exp.training.fp16
     s = decide_settings(exp, gpu(bf16=True), "x")
     assert s.precision == "bf16" and any("fp16" in n and "bf16" in n for n in s.notes)
 
@@ -210,7 +210,7 @@ def test_fp16_on_t5_family_runs_fp32_without_bf16(configs):
 
 def test_bf16_on_bart_without_bf16_falls_back_to_fp16(configs):
     exp = apply_mode(configs["03_high_learning_rate_rtx3090"], "full")[0]
-    assert exp["training"]["bf16"] and exp["model"]["architecture"] == "bart"
+    assert exp.training.bf16 and exp.model.architecture == "bart"
     s = decide_settings(exp, gpu(bf16=False, name="Tesla V100"), "x")
     assert s.precision == "fp16" and any("Tesla V100" in n and "fp16" in n for n in s.notes)
 
@@ -233,7 +233,7 @@ def test_cpu_runs_fp32(configs, name):
 
 def test_unsloth_reasons(configs):
     exp = apply_mode(configs[BART_CONFIG], "full")[0]
-    assert exp["qlora"]["use_unsloth"]
+    assert exp.qlora.use_unsloth
     cases = {
         "no CUDA": CPU,
         "not installed": gpu(unsloth=False),
@@ -243,7 +243,7 @@ def test_unsloth_reasons(configs):
         s = decide_settings(exp, env, "x")
         assert not s.unsloth and phrase in s.unsloth_reason, (phrase, s.unsloth_reason)
         assert any("unsloth off" in n for n in s.notes)
-    exp["qlora"]["use_unsloth"] = False
+    exp.qlora.use_unsloth = False
     s = decide_settings(exp, gpu(unsloth=True), "x")
     assert (s.unsloth, s.unsloth_reason) == (False, "not requested") and not any("unsloth" in n for n in s.notes)
 
@@ -263,13 +263,13 @@ def test_lora_without_4bit_config4_keeps_meaning(configs):
 def test_settings_record_keys(configs):
     """The eff_* record of a config whose wishes this machine changes says what ran and why, in one string."""
     exp = apply_mode(configs[T5_CONFIG], "full")[0]  # asks for fp16 on a T5-family model
-    exp["qlora"]["use_unsloth"] = True
+    exp.qlora.use_unsloth = True
     m = decide_settings(exp, gpu(bf16=False), "checkpoint:x").as_metrics()
     assert all(k.startswith("eff_") for k in m)
     assert (m["eff_device"], m["eff_precision"], m["eff_unsloth"], m["eff_model_source"]) == \
         ("cuda", "fp32", False, "checkpoint:x")
-    assert m["eff_train_batch_size"] == exp["training"]["per_device_train_batch_size"]
-    assert m["eff_gradient_accumulation_steps"] == exp["training"]["gradient_accumulation_steps"]
+    assert m["eff_train_batch_size"] == exp.training.per_device_train_batch_size
+    assert m["eff_gradient_accumulation_steps"] == exp.training.gradient_accumulation_steps
     notes = m["eff_notes"].split(" | ")  # one string for Tune's results table, one note per change
     assert len(notes) == 2 and "fp32" in notes[0] and notes[1].startswith("unsloth off: unsloth not installed")
     assert "eff_lora" in m and "eff_load_in_4bit" in m and m["eff_unsloth_reason"] in notes[1]
@@ -288,10 +288,11 @@ def test_halve_batch_math():
         halve_batch(1, 8)
 
 
-def trial_config(exp: dict, model_path: str, data_dir: Path, **run) -> dict:
-    checkpoint = exp["model"]["checkpoint"]
-    return {
-        "experiment": exp,
+def trial_config(exp: ExperimentConfig, model_path: str, data_dir: Path, **run) -> TrialConfig:
+    """A trial on the CPU as the driver would describe it, validated as the trial validates it."""
+    checkpoint = exp.model.checkpoint
+    return TrialConfig.from_ray({
+        "experiment": exp.model_dump(),
         "run": {
             "models": {checkpoint: {"model_path": model_path, "model_source": "standin:test"}},
             "data_dir": str(data_dir), "mode": "smoke", "torch_threads": 1,
@@ -299,10 +300,10 @@ def trial_config(exp: dict, model_path: str, data_dir: Path, **run) -> dict:
                             "unsloth_installed": False, "bitsandbytes_installed": True},
             **run,
         },
-    }
+    })
 
 
-def small_trial_exp(configs, **training) -> dict:
+def small_trial_exp(configs, **training) -> ExperimentConfig:
     return smoke_exp(
         configs, BART_CONFIG,
         training={"num_train_epochs": 1, "per_device_train_batch_size": 8, "per_device_eval_batch_size": 4,
@@ -328,12 +329,13 @@ def test_injected_oom_backs_off_to_a_fitting_batch(configs, standins, tiny_data)
 
 
 def test_nan_loss_stops_the_trial(configs, standins, tiny_data):
-    # A learning rate of 1e30 sends the LoRA weights to ~1e30 after one step; the next forward overflows to
-    # inf/NaN (checked: the second step's loss is NaN in fp32 on the CPU).
-    exp = small_trial_exp(configs, learning_rate=1e30, warmup_ratio=0.0, per_device_train_batch_size=4)
+    # The LoRA weights at 1e30 after the first step (what a far too high learning rate does; the schema refuses
+    # one): the next forward overflows to inf/NaN.
+    exp = small_trial_exp(configs, warmup_ratio=0.0, per_device_train_batch_size=4)
     reports = []
     with pytest.raises(FloatingPointError, match="training loss is"):
-        run_trial(trial_config(exp, standins("bart"), tiny_data), lambda m, c: reports.append(m))
+        run_trial(trial_config(exp, standins("bart"), tiny_data, callbacks=[callback_spec(blow_up_after_step=1)]),
+                  lambda m, c: reports.append(m))
     assert not reports  # stopped before the epoch's evaluation
 
 

@@ -14,7 +14,7 @@ import pytest
 
 from tests.conftest import ROOT, run_cli
 from trainables import launch, plan
-from trainables.config import apply_mode, load_search_space
+from trainables.config import ModelLocation, Placement, apply_mode, load_search_space
 
 CONFIGS = ROOT / "search_spaces"
 
@@ -68,7 +68,7 @@ def test_evaluations_count_eval_steps_and_epoch_ends_once_each():
 def test_calibration_refit_from_the_benchmark_rows_reproduces_the_measured_peaks():
     """The table in the repo comes from benchmarks/gpu_configs.py rows; refitting them gives peaks within 20%."""
     rows = json.loads((ROOT / "benchmarks" / "results-2026-11-25-h100-plan.json").read_text())
-    exps = {e["name"]: e for e in experiments()}
+    exps = {e.name: e for e in experiments()}
     calib = plan.fit_calibration(rows, exps)
     for r in rows:
         predicted = plan.predict_benchmark(exps[r["name"]], r, calib)
@@ -78,7 +78,7 @@ def test_calibration_refit_from_the_benchmark_rows_reproduces_the_measured_peaks
 def test_plan_prints_the_seven_configs_without_a_gpu():
     proc = run_cli("plan", "--card", "h100", timeout=120)
     assert proc.returncode == 0, proc.stderr
-    names = [e["name"] for e in experiments()]
+    names = [e.name for e in experiments()]
     table = proc.stdout
     assert all(n in table for n in names), table
     assert "calibration h100.json (NVIDIA H100 80GB HBM3" in table and "Grid: 7 trials" in table
@@ -149,7 +149,7 @@ def test_run_plan_on_made_up_local_gpus(monkeypatch, capsys, tmp_path, card, mem
     monkeypatch.setattr(launch, "count_local_gpus", lambda: 1)
     monkeypatch.setattr(plan, "local_card", lambda: (card, memory_gb))
     monkeypatch.setattr(launch, "prepare_models", lambda exps, mode, data_dir, cache: {
-        e["model"]["checkpoint"]: {"model_path": e["model"]["checkpoint"], "model_source": "test"} for e in exps})
+        e.model.checkpoint: ModelLocation(model_path=e.model.checkpoint, model_source="test") for e in exps})
     args = Namespace(mode="full", search_space=str(CONFIGS), only=None, data_dir=str(ROOT / "data"), gpu=False,
                      allow_cpu=False, address=None, max_concurrent=None, cache_dir=str(tmp_path), storage_path=str(tmp_path),
                      name="t", metric="competition_score", max_failures=0, keep_checkpoints=1, wandb=False,
@@ -158,18 +158,18 @@ def test_run_plan_on_made_up_local_gpus(monkeypatch, capsys, tmp_path, card, mem
     grid = launch.plan_run(args)
     out = capsys.readouterr().out
     assert out.startswith("plan: 7 trials on 1 x ") and "one at a time" in out
-    placement = grid.run["placement"]
-    predicted = [placement[e["name"]]["predicted_trial_s"] for e in grid.experiments]
+    placement = grid.run.placement
+    predicted = [placement[e.name].predicted_trial_s for e in grid.experiments]
     assert predicted == sorted(predicted, reverse=True), "longest trials first"
-    shares = [p["gpu"] for p in placement.values()]
+    shares = [p.gpu for p in placement.values()]
     assert any(s < 1 for s in shares) == packed
     assert grid.max_concurrent == 7
     for p in placement.values():
-        if p["gpu"] < 1:
-            assert p["memory_cap_gib"] <= p["gpu"] * memory_gb * 1e9 / 2**30
+        if p.gpu < 1:
+            assert p.memory_cap_gib <= p.gpu * memory_gb * 1e9 / 2**30
     args.no_pack = True
     grid = launch.plan_run(args)
-    assert all(p["gpu"] == 1.0 and p["memory_cap_gib"] is None for p in grid.run["placement"].values())
+    assert all(p.gpu == 1.0 and p.memory_cap_gib is None for p in grid.run.placement.values())
     assert grid.max_concurrent == 1
 
 
@@ -184,13 +184,11 @@ def test_trial_caps_its_allocator_at_its_share(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: Namespace(total_memory=80 * 2**30, name="fake"))
     monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction", lambda f, device=None: calls.append((f, device)))
-    run = {"placement": {"a": {"gpu": 0.25, "memory_cap_gib": 19.2, "predicted_peak_gib": 16.0, "predicted_trial_s": 9.0},
-                         "b": {"gpu": 1.0, "memory_cap_gib": None}}}
-    eff = plan.apply_memory_cap(run, "a")
+    eff = plan.apply_memory_cap(Placement(gpu=0.25, memory_cap_gib=19.2, predicted_peak_gib=16.0, predicted_trial_s=9.0))
     assert calls == [(pytest.approx(19.2 / 80), 0)]
     assert eff["eff_gpu_fraction"] == 0.25 and eff["eff_memory_cap_gib"] == pytest.approx(19.2) and eff["eff_packed"]
-    assert plan.apply_memory_cap(run, "b")["eff_memory_cap_gib"] is None and len(calls) == 1  # whole card: no cap
-    assert plan.apply_memory_cap({}, "a") == {"eff_gpu_fraction": 1.0, "eff_memory_cap_gib": None, "eff_packed": False}
+    assert plan.apply_memory_cap(Placement(gpu=1.0))["eff_memory_cap_gib"] is None and len(calls) == 1  # whole card
+    assert plan.apply_memory_cap(None) == {"eff_gpu_fraction": 1.0, "eff_memory_cap_gib": None, "eff_packed": False}
 
 
 def make_fractional_trial():
@@ -219,18 +217,22 @@ def make_fractional_trial():
 @pytest.mark.parametrize("shares, together", [((0.45, 0.35), True), ((0.6, 0.6), False)])
 def test_ray_places_planned_fractions_on_one_made_up_gpu(tmp_path, monkeypatch, shares, together):
     import ray
+    from ray import tune
 
+    from trainables.config import RunContext
     from trainables.grid import GridPlan, build_tuner
 
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     (tmp_path / "barrier").mkdir()
     run = {"mode": "test", "barrier": str(tmp_path / "barrier"), "wait_s": 60 if together else 2,
            "placement": {"exp_a": {"gpu": shares[0]}, "exp_b": {"gpu": shares[1]}}}
-    grid = GridPlan(experiments=[{"name": "exp_a"}, {"name": "exp_b"}], run=run, storage_path=tmp_path / "results",
-                    name="frac", use_gpu=True, max_concurrent=2, metric="score", max_failures=0)
+    grid = GridPlan(experiments=[], run=RunContext(mode="smoke", data_dir=str(tmp_path), models={}),
+                    storage_path=tmp_path / "results", name="frac", use_gpu=True, max_concurrent=2, metric="score",
+                    max_failures=0)
+    space = {"experiment": tune.grid_search([{"name": "exp_a"}, {"name": "exp_b"}]), "run": run}  # trivial trials
     ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False)
     try:
-        results = build_tuner(grid, trainable=make_fractional_trial()).fit()
+        results = build_tuner(grid, trainable=make_fractional_trial(), param_space=space).fit()
     finally:
         ray.shutdown()
     assert not results.errors, results.errors

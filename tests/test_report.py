@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.conftest import ROOT, run_cli
+from tests.conftest import ROOT, run_cli, toy_plan
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -122,7 +122,7 @@ def test_report_and_summary_on_a_partly_failed_experiment(tmp_path):
     """One trial reports twice, one fails before any result: both listed, the failure as ERROR."""
     import ray
 
-    from trainables.grid import GridPlan, build_tuner
+    from trainables.grid import build_tuner
     from trainables.report import print_summary
 
     def trial(config):
@@ -135,13 +135,10 @@ def test_report_and_summary_on_a_partly_failed_experiment(tmp_path):
                          "rouge2": 0.05 * epoch, "rougeL": 0.08 * epoch, "eval_loss": 3.0 - epoch,
                          "train_loss": 4.0 - epoch, "elapsed_s": 1.0 * epoch, "eff_precision": "fp32"})
 
-    plan = GridPlan(experiments=[{"name": "a_fine", "model": {"checkpoint": "m/a"}},
-                                 {"name": "b_broken", "model": {"checkpoint": "m/b"}}],
-                    run={"mode": "test"}, storage_path=tmp_path, name="partial", use_gpu=False,
-                    max_concurrent=2, max_failures=0)
+    plan, space = toy_plan(["a_fine", "b_broken"], tmp_path, "partial", max_concurrent=2, metric="competition_score")
     ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
     try:
-        build_tuner(plan, trainable=trial).fit()
+        build_tuner(plan, trainable=trial, param_space=space).fit()
     finally:
         ray.shutdown()
     experiment_dir = tmp_path / "partial"

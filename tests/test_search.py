@@ -48,13 +48,14 @@ def test_example_search_space_parses_and_keeps_sampled_values_in_smoke():
         "generation.no_repeat_ngram_size": ("integer", [2, 4]),
     }
     assert space.name == "kobart_baseline" and space.raw["model"]["checkpoint"] == "digit82/kobart-summarization"
-    base, changes, _ = check_search_space(space, "smoke")
+    written, base, changes, _ = check_search_space(space, "smoke")
     # smoke's limits change fixed values (epochs, lengths) but never a searched one (its lr floor, rank cap)
-    assert base["training"]["learning_rate"] == 1e-5 and base["qlora"]["lora_rank"] == 16
+    assert base.training.learning_rate == 1e-5 and base.qlora.lora_rank == 16
+    assert written.training.num_train_epochs == 4 and base.training.num_train_epochs == 3
     assert "training.num_train_epochs: 4 -> 3" in changes
     assert not [c for c in changes if c.startswith(tuple(dims))]
-    full, full_changes, _ = check_search_space(space, "full")
-    assert full["training"]["num_train_epochs"] == 4 and full_changes == []
+    _, full, full_changes, _ = check_search_space(space, "full")
+    assert full.training.num_train_epochs == 4 and full_changes == []
 
 
 def test_dimensions_become_optuna_distributions_with_the_documented_ends():
@@ -144,15 +145,18 @@ def test_fixed_grid_refuses_search_dimensions(tmp_path):
 def test_trial_revalidates_its_sampled_config():
     """A value the driver could not see (a sampled one) goes through the same schema inside the trial."""
     from trainables.config import ConfigError, apply_mode, load_experiment
-    from trainables.search import train_sampled
+    from trainables.seq2seq import train_summarizer as train_sampled  # a search's trials run the grid's trainable
 
-    exp, _ = apply_mode(load_experiment(ROOT / "search_spaces" / f"{BASE}.yaml"), "smoke")
+    exp = apply_mode(load_experiment(ROOT / "search_spaces" / f"{BASE}.yaml"), "smoke")[0].model_dump()
+    run = {"mode": "smoke", "data_dir": str(ROOT / "data"),
+           "models": {exp["model"]["checkpoint"]: {"model_path": "unused", "model_source": "unused"}}}
     exp["qlora"]["lora_rank"] = 0
-    with pytest.raises(ConfigError, match="qlora.lora_rank"):
-        train_sampled({"experiment": exp, "run": {}})
+    with pytest.raises(ConfigError, match="qlora.lora_rank") as err:
+        train_sampled({"experiment": exp, "run": run})
+    assert "run." not in str(err.value)  # only the sampled value is wrong
     exp["qlora"]["lora_rank"], exp["qlora"]["target_modules"] = 8, ["wi"]
     with pytest.raises(ConfigError, match="match no module"):
-        train_sampled({"experiment": exp, "run": {}})
+        train_sampled({"experiment": exp, "run": run})
 
 
 # ---------------------------------------------------------------------------------------------------

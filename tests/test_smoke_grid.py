@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from trainables.config import load_search_space
+from trainables.config import TrialConfig, load_search_space
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -76,10 +76,10 @@ def test_training_beats_the_untrained_standin(smoke_grid, standin_cache):
     scorer = KoreanRouge("whitespace")
     seen = set()
     for trial in analysis.trials:
-        exp, run = trial.config["experiment"], trial.config["run"]
-        seen.add(exp["model"]["architecture"])
-        path = run["models"][exp["model"]["checkpoint"]]["model_path"]
-        tokenizer = load_tokenizer(path, exp["tokenizer"]["special_tokens"])
+        config = TrialConfig.from_ray(trial.config)  # as the trial read it
+        exp, path = config.experiment, config.model.model_path
+        seen.add(exp.model.architecture)
+        tokenizer = load_tokenizer(path, exp.tokenizer.special_tokens)
         model = AutoModelForSeq2SeqLM.from_pretrained(path)
         model.resize_token_embeddings(len(tokenizer))
         before = scorer.score(generate_summaries(model, tokenizer, dev["dialogue"].tolist(), exp), dev["summary"].tolist())
@@ -88,8 +88,8 @@ def test_training_beats_the_untrained_standin(smoke_grid, standin_cache):
         # (issue 18), the untrained KoBART stand-in already scores ~4.9-5.5; the low-lr KoBART configs then gain
         # only ~0.6 in 3 smoke epochs (5.46 -> 6.05, 4.88 -> 5.45; the high-lr one 4.88 -> 6.67), while T5/mT5
         # gain 17-23 points. BART's margin is that measured worst case, not a guess.
-        margin = 0.5 if exp["model"]["architecture"] == "bart" else 1.0
-        assert after > before["competition_score"] + margin, (exp["name"], before, after)
+        margin = 0.5 if exp.model.architecture == "bart" else 1.0
+        assert after > before["competition_score"] + margin, (exp.name, before, after)
     assert seen == {"mt5", "t5", "bart"}
 
 
@@ -112,7 +112,7 @@ def test_reported_dev_scores_match_the_predict_path(smoke_grid):
         meta = read_meta(checkpoint.path)
         model, tokenizer = load_for_inference(checkpoint.path, meta)
         predictions = generate_summaries(model, tokenizer, dev["dialogue"].tolist(), meta["experiment"])
-        score = KoreanRouge(meta["experiment"]["metric"]["tokenization"]).score(predictions, dev["summary"].tolist())
+        score = KoreanRouge(meta["experiment"].metric.tokenization).score(predictions, dev["summary"].tolist())
         reported = analysis.trial_dataframes[trial.trial_id]["competition_score"].max()
         differences[trial.config["experiment"]["name"]] = score["competition_score"] - reported
     print("rebuilt minus reported competition_score:", differences)

@@ -3,7 +3,6 @@ gives the plain Seq2SeqTrainer path."""
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 
@@ -33,8 +32,8 @@ def _trained_like(model) -> None:
 ])
 def test_merged_copy_generates_what_the_training_model_generates(configs, standins, name, four_bit):
     exp = smoke_exp(configs, name)
-    assert exp["qlora"]["load_in_4bit"] == four_bit
-    model, tok, _ = build(exp, standins(exp["model"]["architecture"]))
+    assert exp.qlora.load_in_4bit == four_bit
+    model, tok, _ = build(exp, standins(exp.model.architecture))
     _trained_like(model)
     model.eval()
     copy_ = speed.merged_copy(model, "fp32")
@@ -96,48 +95,30 @@ def test_larger_micro_batch_keeps_the_effective_batch_and_steps_back(configs, bs
 def test_speed_off_is_the_plain_path(configs):
     raw = json.loads(configs[BART_CONFIG].model_dump_json())
     raw["speed"] = False  # what `speed: off` in YAML parses to
-    exp = ExperimentConfig.model_validate(raw).model_dump()
-    assert exp["speed"]["enabled"] is False
+    exp = ExperimentConfig.model_validate(raw)
+    assert exp.speed.enabled is False
     s = _settings(8, 3)
     p = speed.plan(exp, s, cuda=True)
     assert not (p.fast_eval or p.micro_batch or p.tf32)
     assert (s.train_batch_size, s.gradient_accumulation_steps) == (8, 3)
     assert speed.training_kwargs(p) == {}
-
-    class Base:
-        pass
-
-    assert speed.evaluating_trainer(Base, p) is Base
     assert s.as_metrics()["eff_speed_enabled"] is False
 
 
 def _trial(configs, standins, tiny_data, on: bool):
+    from tests import trial_hooks
+
     exp = smoke_exp(configs, BART_CONFIG, training={"num_train_epochs": 1, "per_device_train_batch_size": 4,
                                                      "per_device_eval_batch_size": 2, "gradient_accumulation_steps": 2,
                                                      "early_stopping_patience": None, "logging_steps": 1},
                     tokenizer={"encoder_max_len": 64, "decoder_max_len": 24},
-                    generation={"max_length": 20, "min_length": 1, "num_beams": 2})
-    exp["speed"] = {"enabled": on}
-    predictions = []
-    from trainables import seq2seq
-
-    original = seq2seq._compute_metrics_fn
-
-    def capture(exp_, tokenizer, refs, framing):
-        inner = original(exp_, tokenizer, refs, framing)
-
-        def compute(pred):
-            predictions.append(pred.predictions.tolist())
-            return inner(pred)
-        return compute
-
-    seq2seq._compute_metrics_fn = capture
+                    generation={"max_length": 20, "min_length": 1, "num_beams": 2},
+                    speed={"enabled": on})
+    trial_hooks.PREDICTIONS.clear()
     reports = []
-    try:
-        run_trial(trial_config(copy.deepcopy(exp), standins("bart"), tiny_data), lambda m, c: reports.append(m))
-    finally:
-        seq2seq._compute_metrics_fn = original
-    return reports[-1], predictions[-1]
+    run_trial(trial_config(exp, standins("bart"), tiny_data, callbacks=[trial_hooks.CAPTURE_PREDICTIONS]),
+              lambda m, c: reports.append(m))
+    return reports[-1], trial_hooks.PREDICTIONS[-1]
 
 
 def _strip(rows, pad):

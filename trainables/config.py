@@ -7,17 +7,19 @@ This module knows nothing of Ray or torch.
 
 from __future__ import annotations
 
-import copy
 import math
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from trainables.errors import UserError
+from trainables.metrics import DEFAULT_TOKENIZATION, TOKENIZATIONS
 
-MODES = ("smoke", "quick", "full")
+Mode = Literal["smoke", "quick", "full"]
+MODES = get_args(Mode)
 # transformers.SchedulerType values; kept here so that checking a config needs no transformers import.
 SCHEDULERS = (
     "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
@@ -29,7 +31,11 @@ DEFAULT_SPECIAL_TOKENS = [
     "#Person1#", "#Person2#", "#Person3#", "#PhoneNumber#", "#Address#", "#PassportNumber#",
     "#DateOfBirth#", "#SSN#", "#CardNumber#", "#CarNumber#", "#Email#",
 ]
-METRICS = ("competition_score", "rouge1", "rouge2", "rougeL", "eval_loss")
+# What a trial reports and can be ranked by; one list for the schema, the command line and Tune.
+Metric = Literal["competition_score", "rouge1", "rouge2", "rougeL", "eval_loss"]
+METRICS = get_args(Metric)
+Tokenization = Literal[TOKENIZATIONS]  # defined with the metric (trainables.metrics)
+Architecture = Literal["mt5", "t5", "bart"]
 
 
 def mode_of(metric: str) -> str:
@@ -47,7 +53,7 @@ class _Section(BaseModel):
 
 class ModelSection(_Section):
     checkpoint: str = Field(min_length=1, description="Hugging Face model id or local directory")
-    architecture: Literal["mt5", "t5", "bart"]
+    architecture: Architecture
 
 
 class TokenizerSection(_Section):
@@ -124,10 +130,11 @@ class QLoraSection(_Section):
 
 
 class MetricSection(_Section):
-    tokenization: Literal["whitespace", "morpheme"] = "whitespace"
-    # Drives early stopping inside the trial. Which checkpoints Tune keeps, and the best trial/checkpoint for
-    # report and predict, follow the command line's --metric (one metric across all trials).
-    best_metric: Literal["competition_score", "rouge1", "rouge2", "rougeL", "eval_loss"] = "competition_score"
+    tokenization: Tokenization = DEFAULT_TOKENIZATION
+    # The one metric of a run: early stopping inside each trial, the checkpoints Tune keeps, and the best
+    # trial/checkpoint of `report`, `predict` and `export`. `--metric` sets it for every config of a run;
+    # configs of one grid must agree on it (trainables.launch checks), since Tune ranks them all by one metric.
+    best_metric: Metric = "competition_score"
 
 
 class SpeedSection(_Section):
@@ -326,39 +333,150 @@ def smoke_eval_steps(eval_steps: int | None, train_rows: int | None, batch: int,
     return max(1, min(eval_steps, steps_per_epoch // 2))
 
 
-def apply_mode(cfg: ExperimentConfig, mode: str, train_rows: int | None = None) -> tuple[dict[str, Any], list[str]]:
-    """Return the config as a plain dict for this mode, and the list of what the mode changed.
+@dataclass(frozen=True)
+class Overlay:
+    """One declared change to a validated config: `key` ("section.field") becomes `value`, or `value(old, cfg)`
+    when it is a function of the current value and the config as the earlier overlays left it; `source` says who asked
+    (a mode, a command-line flag). Every change a run makes to a YAML is one of these, applied by
+    `apply_overlays`, which records it."""
 
-    Smoke mode shrinks sizes, lengths, beams and epochs only: each config's gradient accumulation, early
-    stopping and step-based evaluation stay, the interval scaled to `train_rows` (the training file's rows)."""
+    key: str
+    value: Any
+    source: str
+
+    def new_value(self, old: Any, cfg: "ExperimentConfig") -> Any:
+        return self.value(old, cfg) if callable(self.value) else self.value
+
+
+def mode_overlays(mode: str, train_rows: int | None = None) -> list[Overlay]:
+    """What each mode changes. Smoke mode shrinks sizes, lengths, beams and epochs only: each config's gradient
+    accumulation, early stopping and step-based evaluation stay, the interval scaled to `train_rows` (the
+    training file's rows) so that a smoke trial still evaluates at least twice per epoch."""
     if mode not in MODES:
         raise ConfigError(f"unknown mode {mode!r}; use one of {', '.join(MODES)}")
-    d = copy.deepcopy(cfg.model_dump())
-    changes: list[str] = []
-
-    def set_value(section: str, key: str, value: Any) -> None:
-        old = d[section][key]
-        if old != value:
-            d[section][key] = value
-            changes.append(f"{section}.{key}: {old} -> {value}")
-
+    if mode == "full":
+        return []
     if mode == "quick":
-        set_value("training", "num_train_epochs", 1)
-    elif mode == "smoke":
-        lim = SMOKE_LIMITS
-        t, tok, gen, q = d["training"], d["tokenizer"], d["generation"], d["qlora"]
-        set_value("training", "num_train_epochs", min(t["num_train_epochs"], lim["num_train_epochs"]))
-        set_value("training", "per_device_train_batch_size", min(t["per_device_train_batch_size"], lim["train_batch"]))
-        set_value("training", "per_device_eval_batch_size", min(t["per_device_eval_batch_size"], lim["eval_batch"]))
-        set_value("training", "eval_steps", smoke_eval_steps(t["eval_steps"], train_rows, t["per_device_train_batch_size"],
-                                                             t["gradient_accumulation_steps"]))
-        set_value("training", "learning_rate", max(t["learning_rate"], lim["min_learning_rate"]))
-        set_value("training", "warmup_ratio", min(t["warmup_ratio"], 0.05))
-        set_value("tokenizer", "encoder_max_len", min(tok["encoder_max_len"], lim["encoder_max_len"]))
-        set_value("tokenizer", "decoder_max_len", min(tok["decoder_max_len"], lim["decoder_max_len"]))
-        set_value("generation", "num_beams", min(gen["num_beams"], lim["num_beams"]))
-        set_value("generation", "max_length", min(gen["max_length"], lim["decoder_max_len"]))
-        set_value("generation", "min_length", min(gen["min_length"], 5))
-        set_value("qlora", "lora_rank", min(q["lora_rank"], lim["lora_rank"]))
-        set_value("qlora", "lora_alpha", min(q["lora_alpha"], 2 * lim["lora_rank"]))
-    return d, changes
+        return [Overlay("training.num_train_epochs", 1, mode)]
+    lim = SMOKE_LIMITS
+
+    def at_most(limit):
+        return lambda old, cfg: min(old, limit)
+
+    def eval_steps(old, cfg):
+        return smoke_eval_steps(old, train_rows, cfg.training.per_device_train_batch_size,
+                                cfg.training.gradient_accumulation_steps)
+
+    return [Overlay(key, value, mode) for key, value in (
+        ("training.num_train_epochs", at_most(lim["num_train_epochs"])),
+        ("training.per_device_train_batch_size", at_most(lim["train_batch"])),
+        ("training.per_device_eval_batch_size", at_most(lim["eval_batch"])),
+        ("training.eval_steps", eval_steps),
+        ("training.learning_rate", lambda old, cfg: max(old, lim["min_learning_rate"])),
+        ("training.warmup_ratio", at_most(0.05)),
+        ("tokenizer.encoder_max_len", at_most(lim["encoder_max_len"])),
+        ("tokenizer.decoder_max_len", at_most(lim["decoder_max_len"])),
+        ("generation.num_beams", at_most(lim["num_beams"])),
+        ("generation.max_length", at_most(lim["decoder_max_len"])),
+        ("generation.min_length", at_most(5)),
+        ("qlora.lora_rank", at_most(lim["lora_rank"])),
+        ("qlora.lora_alpha", at_most(2 * lim["lora_rank"])),
+    )]
+
+
+def apply_overlays(cfg: ExperimentConfig, overlays: list[Overlay], keep: frozenset[str] = frozenset()
+                   ) -> tuple[ExperimentConfig, list[str]]:
+    """A new config with the overlays applied in order (keys in `keep` untouched: a search's sampled values),
+    re-validated, and the list of what changed ("section.key: old -> new", with the source unless a mode)."""
+    out = cfg.model_copy(deep=True)
+    changes: list[str] = []
+    for overlay in overlays:
+        if overlay.key in keep:
+            continue
+        section, field = overlay.key.split(".")
+        old = getattr(getattr(out, section), field)
+        value = overlay.new_value(old, out)
+        if value != old:
+            setattr(getattr(out, section), field, value)
+            changes.append(f"{overlay.key}: {old} -> {value}" + ("" if overlay.source in MODES else f" ({overlay.source})"))
+    try:
+        return ExperimentConfig.model_validate(out.model_dump()), changes
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(Path(f"{cfg.name} after {', '.join(changes)}"), err)) from None
+
+
+def apply_mode(cfg: ExperimentConfig, mode: str, train_rows: int | None = None) -> tuple[ExperimentConfig, list[str]]:
+    """The config as `mode` runs it, and what the mode changed (see mode_overlays)."""
+    return apply_overlays(cfg, mode_overlays(mode, train_rows))
+
+
+# ---------------------------------------------------------------------------------------------------
+# The trial's config: the experiment plus what the driver decided for this machine. Ray carries it as
+# plain data (params.json shows it); the trial validates it back into these types before anything runs.
+
+
+class CallbackSpec(_Section):
+    """A TrainerCallback the trial adds by import name (the tests' and benchmarks' extension point)."""
+
+    factory: str = Field(pattern=r"^[\w.]+:\w+$")  # "module:name", a class or a factory function
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+
+class ModelLocation(_Section):
+    model_path: str  # a folder or a hub id
+    model_source: str  # "checkpoint:<id>" or "standin:<family>-tiny (for <id>)"
+
+
+class Placement(_Section):
+    """A packed trial's share of a GPU (trainables.plan)."""
+
+    gpu: float = Field(gt=0, le=1)
+    memory_cap_gib: float | None = None
+    predicted_peak_gib: float | None = None
+    predicted_trial_s: float | None = None
+    card: str | None = None  # the card the plan was made for
+
+
+class RunContext(_Section):
+    """What the driver decided for this machine, shared by the trials of one run."""
+
+    mode: Mode
+    data_dir: str
+    models: dict[str, ModelLocation]  # by model.checkpoint
+    mode_changes: dict[str, list[str]] = Field(default_factory=dict)  # by experiment name
+    torch_threads: int | None = None
+    wandb: bool = False
+    wandb_project: str | None = None
+    placement: dict[str, Placement] = Field(default_factory=dict)  # by experiment name; empty: one GPU each
+    callbacks: list[CallbackSpec] = Field(default_factory=list)
+    environment: dict[str, Any] | None = None  # tests: a fake machine (GPU, bf16, Unsloth) for the settings decisions
+
+
+class TrialConfig(_Section):
+    """One trial: `{"experiment": ..., "run": ...}` as Ray passes it, validated again inside the trial."""
+
+    experiment: ExperimentConfig
+    run: RunContext
+
+    @property
+    def model(self) -> ModelLocation:
+        return self.run.models[self.experiment.model.checkpoint]
+
+    @property
+    def mode_changes(self) -> list[str]:
+        return self.run.mode_changes.get(self.experiment.name, [])
+
+    @property
+    def placement(self) -> Placement | None:
+        return self.run.placement.get(self.experiment.name)
+
+    @classmethod
+    def from_ray(cls, config: dict[str, Any]) -> "TrialConfig":
+        try:
+            trial = cls.model_validate(config)
+        except ValidationError as err:
+            raise ConfigError(_format_validation_error(Path("the trial's config (params.json)"), err)) from None
+        if trial.experiment.model.checkpoint not in trial.run.models:
+            raise ConfigError(f"{trial.experiment.name}: no model location for {trial.experiment.model.checkpoint!r} "
+                              "in the run's models table")
+        return trial

@@ -22,6 +22,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from trainables.config import ExperimentConfig
 from trainables.inference import generation_kwargs
 from trainables.launch import UsageError
 
@@ -89,10 +90,10 @@ def _finish(tmp: Path, target: Path) -> None:
     os.replace(tmp, target)
 
 
-def generation_settings(exp: dict[str, Any], model, framing) -> dict[str, Any]:
+def generation_settings(exp: ExperimentConfig, model, framing) -> dict[str, Any]:
     """The experiment's generation settings on top of the model's own generation config, started and stopped by
     `framing` (trainables.framing) exactly as predict's generate_summaries does."""
-    gen = exp["generation"]
+    gen = exp.generation
     framing.apply_to(model)  # decoder start, eos, pad, forced bos/eos: as the labels taught the model
     config = model.generation_config
     config.update(**generation_kwargs(gen))
@@ -180,12 +181,12 @@ def _model_card(name: str, meta: dict[str, Any], row: dict[str, Any], trial, che
             + _card_record(exp, settings))
 
 
-def _weights_description(exp: dict[str, Any], settings: dict[str, Any], dtype: str, adapter_only: bool) -> str:
+def _weights_description(exp: ExperimentConfig, settings: dict[str, Any], dtype: str, adapter_only: bool) -> str:
     if adapter_only:
-        return (f"LoRA adapter only: load the base `{exp['model']['checkpoint']}`, add the tokenizer's tokens "
+        return (f"LoRA adapter only: load the base `{exp.model.checkpoint}`, add the tokenizer's tokens "
                 "(resize the embeddings), then `PeftModel.from_pretrained`")
     if settings.get("eff_load_in_4bit"):
-        return (f"LoRA merged into the base, which trained in 4-bit ({exp['qlora']['bnb_4bit_quant_type']}): the "
+        return (f"LoRA merged into the base, which trained in 4-bit ({exp.qlora.bnb_4bit_quant_type}): the "
                 f"base was dequantized from its 4-bit weights to float32 before the merge; saved in {dtype}")
     if settings.get("eff_lora", True):
         return f"LoRA merged into the full-precision base; saved in {dtype}"
@@ -204,7 +205,7 @@ def _card_summary(name: str, meta: dict[str, Any], row: dict[str, Any], trial, c
 
 Korean dialogue summarization, exported by `tune_main7.py export` on {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M UTC}.
 
-- Base model: `{exp['model']['checkpoint']}` ({exp['model']['architecture']}; loaded from `{meta['model_path']}`){standin}
+- Base model: `{exp.model.checkpoint}` ({exp.model.architecture}; loaded from `{meta['model_path']}`){standin}
 - Weights: {weights}
 - Trial: {trial.trial_id}, best checkpoint by {metric}: `{checkpoint}`
 - Data: `{run.get('data_dir', '?')}` (train.csv for training, dev.csv for the scores below); mode `{run.get('mode', '?')}`
@@ -215,15 +216,15 @@ Korean dialogue summarization, exported by `tune_main7.py export` on {dt.datetim
 {json.dumps(scores, indent=1, default=str)}
 ```
 
-competition_score = mean of ROUGE-1/2/L F1 x 100 ({exp['metric']['tokenization']} tokenization).
+competition_score = mean of ROUGE-1/2/L F1 x 100 ({exp.metric.tokenization} tokenization).
 
 """
 
 
-def _card_usage(exp: dict[str, Any], framing) -> str:
+def _card_usage(exp: ExperimentConfig, framing) -> str:
     """How to load the folder and summarize with it, with the generation settings and framing it carries."""
-    prefix = exp["tokenizer"]["input_prefix"]
-    gen = exp["generation"]
+    prefix = exp.tokenizer.input_prefix
+    gen = exp.generation
     framed = "" if framing is None else (
         f"\nFraming (as in training): {framing.describe()}. The saved tokenizer frames a single text this way by "
         "itself (`tokenizer(text)`), and `generation_config.json` starts and stops generation with these ids.\n")
@@ -233,18 +234,18 @@ def _card_usage(exp: dict[str, Any], framing) -> str:
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 model = AutoModelForSeq2SeqLM.from_pretrained(DIR)
 tokenizer = AutoTokenizer.from_pretrained(DIR)
-enc = tokenizer({prefix!r} + dialogue, truncation=True, return_tensors="pt")  # truncates at {exp['tokenizer']['encoder_max_len']} tokens
+enc = tokenizer({prefix!r} + dialogue, truncation=True, return_tensors="pt")  # truncates at {exp.tokenizer.encoder_max_len} tokens
 summary = tokenizer.decode(model.generate(**enc)[0], skip_special_tokens=True)
 ```
 
-`generation_config.json` holds the experiment's settings (beams {gen['num_beams']}, length {gen['min_length']}-{gen['max_length']},
-no-repeat n-gram {gen['no_repeat_ngram_size']}, length penalty {gen['length_penalty']}); `config.prefix` is the input prefix
+`generation_config.json` holds the experiment's settings (beams {gen.num_beams}, length {gen.min_length}-{gen.max_length},
+no-repeat n-gram {gen.no_repeat_ngram_size}, length penalty {gen.length_penalty}); `config.prefix` is the input prefix
 ({prefix!r}) for pipelines that read it. `python tune_main7.py predict --checkpoint DIR` also reads this folder.
 {framed}
 """
 
 
-def _card_record(exp: dict[str, Any], settings: dict[str, Any]) -> str:
+def _card_record(exp: ExperimentConfig, settings: dict[str, Any]) -> str:
     """The trial's effective settings and its experiment config, as JSON."""
     return f"""## Effective settings of the trial
 
@@ -255,7 +256,7 @@ def _card_record(exp: dict[str, Any], settings: dict[str, Any]) -> str:
 ## Experiment config
 
 ```json
-{json.dumps(exp, indent=1, ensure_ascii=False, default=str)}
+{json.dumps(exp.model_dump(), indent=1, ensure_ascii=False, default=str)}
 ```
 """
 
@@ -281,17 +282,18 @@ def write_model_folder(name: str, trial, checkpoint: Path, row: dict[str, Any], 
         else:
             model, tokenizer = merged_model(checkpoint, meta, dtype)
             framing = probe_framing(tokenizer, model.config)  # as predict probes it, before the tokenizer changes
-            model.config.prefix = meta["experiment"]["tokenizer"]["input_prefix"]
+            model.config.prefix = meta["experiment"].tokenizer.input_prefix
             model.generation_config = generation_settings(meta["experiment"], model, framing)
             model.save_pretrained(tmp)
-            tokenizer.model_max_length = meta["experiment"]["tokenizer"]["encoder_max_len"]  # truncation=True cuts here, as in training
+            tokenizer.model_max_length = meta["experiment"].tokenizer.encoder_max_len  # truncation=True cuts here, as in training
             frame_tokenizer(tokenizer, framing)
             tokenizer.save_pretrained(tmp)
             settings = {**meta.get("settings", {}), "eff_lora": False, "eff_load_in_4bit": False}
             exported = {"from_checkpoint": str(checkpoint), "dtype": dtype, "merged": True,
                         "trained_in_4bit": bool(meta.get("settings", {}).get("eff_load_in_4bit")),
                         "framing": dataclasses.asdict(framing)}  # predict reads it (trainables.predict.recorded_framing)
-            (tmp / TRIAL_META).write_text(json.dumps({**meta, "settings": settings, "export": exported},
+            (tmp / TRIAL_META).write_text(json.dumps({**meta, "experiment": meta["experiment"].model_dump(),
+                                                      "settings": settings, "export": exported},
                                                      ensure_ascii=False, indent=1))
         (tmp / "README.md").write_text(
             _model_card(name, meta, row, trial, checkpoint, dtype, adapter_only, metric, framing), encoding="utf-8")

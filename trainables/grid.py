@@ -13,7 +13,7 @@ from pathlib import Path
 
 from typing import Any
 
-from trainables.config import mode_of
+from trainables.config import ExperimentConfig, RunContext, mode_of
 from trainables.layout import MARKER, is_uri, read_marker, storage_location  # noqa: F401  (grid.read_marker etc. too)
 
 log = logging.getLogger(__name__)
@@ -25,8 +25,8 @@ EXPERIMENT_PREFIX = "main7"
 class GridPlan:
     """Everything the driver decided before Ray starts."""
 
-    experiments: list[dict[str, Any]]  # validated, mode-applied experiment dicts
-    run: dict[str, Any]  # the trials' shared `run` section (models table, data folder, mode, ...)
+    experiments: list[ExperimentConfig]  # validated, the mode's and the command line's overlays applied
+    run: RunContext  # the trials' shared `run` section (models table, data folder, mode, ...)
     storage_path: Path | str  # a local folder (absolute), or a URI such as s3://bucket/ray_results, passed to Tune as is
     name: str
     use_gpu: bool
@@ -87,7 +87,8 @@ def build_tuner(plan: GridPlan, trainable=None, param_space=None, **search_optio
 
     return tune.Tuner(
         _trainable(plan.use_gpu, trainable),
-        param_space=param_space or {"experiment": tune.grid_search(plan.experiments), "run": plan.run},
+        param_space=param_space or {"experiment": tune.grid_search([e.model_dump() for e in plan.experiments]),
+                                    "run": plan.run.model_dump()},  # plain data: params.json shows what ran
         tune_config=tune.TuneConfig(
             max_concurrent_trials=None if "search_alg" in search_options else plan.max_concurrent,
             **search_options,
@@ -116,8 +117,8 @@ def write_marker(experiment_dir: Path | str, plan: GridPlan) -> None:
     import json
 
     text = json.dumps(
-        {"name": plan.name, "mode": plan.run["mode"], "use_gpu": plan.use_gpu, "metric": plan.metric,
-         "experiments": [e["name"] for e in plan.experiments], "data_dir": plan.run.get("data_dir"),
+        {"name": plan.name, "mode": plan.run.mode, "use_gpu": plan.use_gpu, "metric": plan.metric,
+         "experiments": [e.name for e in plan.experiments], "data_dir": plan.run.data_dir,
          "created": datetime.now().isoformat(timespec="seconds"),
          **({"kind": "search", **plan.search} if plan.search else {})},
         indent=1)
@@ -141,10 +142,8 @@ def restore_tuner(experiment_dir: Path, marker: dict[str, Any] | None = None):
     # process.configure_cli already set RAY_AIR_NEW_OUTPUT=0 (the restored RunConfig brings our progress reporter
     # back) and WANDB_MODE=offline without a key (the unpickled W&B callback checks for one)
     marker = marker if marker is not None else read_marker(experiment_dir) or {}
-    trainable = None
-    if marker.get("kind") == "search":  # the searcher's and the scheduler's state come back with the Tuner
-        from trainables.search import train_sampled as trainable
+    # a search's searcher and scheduler state come back with the Tuner; its trials run the grid's trainable
     return tune.Tuner.restore(
-        storage_location(experiment_dir), trainable=_trainable(marker.get("use_gpu", False), trainable),
+        storage_location(experiment_dir), trainable=_trainable(marker.get("use_gpu", False)),
         resume_errored=True, restart_errored=False,
     )

@@ -10,11 +10,13 @@ import importlib.util
 import logging
 import os
 import signal
-import sys
 from pathlib import Path
 from typing import Any
 
-from trainables.config import SMOKE_LIMITS, ConfigError, apply_mode, load_search_space, static_problems
+from trainables.config import (
+    SMOKE_LIMITS, ConfigError, ExperimentConfig, ModelLocation, Overlay, Placement, RunContext, apply_overlays, load_search_space,
+    mode_overlays, static_problems,
+)
 from trainables.data import check_data_dir, training_texts
 from trainables.errors import UserError
 from trainables.grid import GridPlan, experiment_name
@@ -34,10 +36,34 @@ def count_local_gpus() -> int:
     return torch.cuda.device_count()
 
 
-def check_inputs(args, prepared=None) -> tuple[list[dict[str, Any]], list[str], dict[str, list[str]]]:
-    """Validate configs and data for a mode; return the mode-applied experiments, warnings, and per
-    experiment what the mode changed. `prepared`: (experiments, warnings, mode_changes) already validated
-    and mode-applied by the caller (a search: trainables.search), instead of the grid's YAML folder."""
+def flag_overlays(args) -> list[Overlay]:
+    """What the command line changes in every config, as overlays (recorded with each trial's eff_mode_changes)."""
+    out = []
+    if getattr(args, "tokenization", None):
+        out.append(Overlay("metric.tokenization", args.tokenization, "--tokenization"))
+    if getattr(args, "metric", None):
+        out.append(Overlay("metric.best_metric", args.metric, "--metric"))
+    return out
+
+
+def run_metric(experiments: list[ExperimentConfig], files: str) -> str:
+    """The one metric of a run: each config's metric.best_metric decides its early stopping, and Tune keeps
+    checkpoints and ranks trials by one metric for all of them, so they must agree."""
+    chosen = {e.metric.best_metric for e in experiments}
+    if len(chosen) > 1:
+        raise ConfigError(
+            f"{files}: the configs disagree on metric.best_metric ("
+            + ", ".join(f"{e.name}: {e.metric.best_metric}" for e in experiments)
+            + "); a run ranks every trial by one metric: set the same value in each YAML, or pass --metric for all")
+    return chosen.pop()
+
+
+def check_inputs(args, prepared=None) -> tuple[list[ExperimentConfig], list[str], dict[str, list[str]]]:
+    """Validate configs and data for a mode; return the experiments as they will run (the mode's and the
+    command line's overlays applied: the one place a run changes a YAML), warnings, and per experiment what
+    changed. `prepared`: (validated configs, warnings, keys to keep) from a search (trainables.search),
+    instead of the grid's YAML folder; the kept keys are the searched ones, used as sampled."""
+    data = check_data_dir(Path(args.data_dir))  # train and dev; test.csv too when it is there (read once)
     if prepared is None:
         configs = load_search_space(Path(args.search_space), args.only)
         errors, warnings = [], []
@@ -47,21 +73,16 @@ def check_inputs(args, prepared=None) -> tuple[list[dict[str, Any]], list[str], 
             warnings += w
         if errors:
             raise ConfigError("; ".join(errors))
-        experiments, mode_changes = [], {}
-        data = check_data_dir(Path(args.data_dir))  # train and dev; test.csv too when it is there (read once)
-        train_rows = len(data["train"].frame)  # smoke scales eval_steps to it
-        for cfg in configs:
-            exp, mode_changes[cfg.name] = apply_mode(cfg, args.mode, train_rows)  # each trial reports them (eff_mode_changes)
-            experiments.append(exp)
+        keep, train_rows = frozenset(), len(data["train"].frame)  # smoke scales eval_steps to the training rows
     else:
-        experiments, warnings, mode_changes = prepared
-        data = None
-    for exp in experiments:
-        tokenization = getattr(args, "tokenization", None)
-        if tokenization and tokenization != exp["metric"]["tokenization"]:
-            mode_changes.setdefault(exp["name"], []).append(f"metric.tokenization: {exp['metric']['tokenization']} -> {tokenization} (--tokenization)")
-            exp["metric"]["tokenization"] = tokenization
-    morpheme = [e["name"] for e in experiments if e["metric"]["tokenization"] == "morpheme"]
+        configs, warnings, keep = prepared
+        train_rows = None  # a search keeps the config's evaluation interval
+    overlays = [*mode_overlays(args.mode, train_rows), *flag_overlays(args)]
+    experiments, mode_changes = [], {}
+    for cfg in configs:
+        exp, mode_changes[cfg.name] = apply_overlays(cfg, overlays, keep)  # each trial reports them
+        experiments.append(exp)
+    morpheme = [e.name for e in experiments if e.metric.tokenization == "morpheme"]
     if morpheme and importlib.util.find_spec("kiwipiepy") is None:
         raise ConfigError(
             f"metric.tokenization: morpheme (in {', '.join(morpheme)}) needs the Korean analyzer kiwipiepy, which is not "
@@ -72,37 +93,36 @@ def check_inputs(args, prepared=None) -> tuple[list[dict[str, Any]], list[str], 
                  "lr >= %g; each trial reports what it changed (eff_mode_changes)", SMOKE_LIMITS["encoder_max_len"],
                  SMOKE_LIMITS["decoder_max_len"], SMOKE_LIMITS["num_train_epochs"], SMOKE_LIMITS["num_beams"],
                  SMOKE_LIMITS["lora_rank"], SMOKE_LIMITS["min_learning_rate"])
-    if data is None:
-        check_data_dir(Path(args.data_dir))  # train and dev; test.csv too when it is there
     if not (Path(args.data_dir) / "test.csv").exists():
         warnings.append(f"{Path(args.data_dir) / 'test.csv'} not found: training runs, `predict` will need it")
     if args.mode != "smoke":  # stand-ins replace the checkpoints in smoke mode
         from trainables.models import checkpoint_problem
 
-        problems = [f"{e['name']}: {p}" for e in experiments if (p := checkpoint_problem(e["model"]["checkpoint"]))]
+        problems = [f"{e.name}: {p}" for e in experiments if (p := checkpoint_problem(e.model.checkpoint))]
         if problems:
             raise ConfigError("; ".join(problems))
     return experiments, warnings, mode_changes
 
 
-def prepare_models(experiments: list[dict[str, Any]], mode: str, data_dir: Path, cache_dir: Path) -> dict[str, dict]:
+def prepare_models(experiments: list[ExperimentConfig], mode: str, data_dir: Path, cache_dir: Path
+                   ) -> dict[str, ModelLocation]:
     """Per checkpoint: the folder or hub id the trials load, and where it came from."""
     from trainables.models import build_standin, check_real_model
 
-    models: dict[str, dict] = {}
+    models: dict[str, ModelLocation] = {}
     if mode == "smoke":  # no "Writing model shards" bars: HF_HUB_DISABLE_PROGRESS_BARS (process.configure_cli)
         texts = training_texts(data_dir)
         for exp in experiments:
-            arch, checkpoint = exp["model"]["architecture"], exp["model"]["checkpoint"]
+            arch, checkpoint = exp.model.architecture, exp.model.checkpoint
             if checkpoint not in models:
                 path = build_standin(arch, texts, cache_dir)
-                models[checkpoint] = {"model_path": str(path), "model_source": f"standin:{arch}-tiny (for {checkpoint})"}
+                models[checkpoint] = ModelLocation(model_path=str(path), model_source=f"standin:{arch}-tiny (for {checkpoint})")
         return models
     for exp in experiments:
-        checkpoint = exp["model"]["checkpoint"]
+        checkpoint = exp.model.checkpoint
         if checkpoint not in models:
             where = check_real_model(checkpoint)  # raises ModelUnavailable with the fix
-            models[checkpoint] = {"model_path": where, "model_source": f"checkpoint:{checkpoint}"}
+            models[checkpoint] = ModelLocation(model_path=where, model_source=f"checkpoint:{checkpoint}")
     return models
 
 
@@ -131,40 +151,38 @@ def plan_run(args, prepared=None) -> GridPlan:
     name = args.name or experiment_name(args.mode)
     check_outputs(args, name)  # before any stand-in is built or Ray starts
     data_dir = Path(args.data_dir).resolve()
-    models = prepare_models(experiments, args.mode, data_dir, Path(args.cache_dir or default_cache_dir()))
-    run = {
-        "mode": args.mode,
-        "data_dir": str(data_dir),
-        "models": models,
-        "mode_changes": mode_changes,
-        "torch_threads": 1 if not use_gpu else None,
-        "wandb": bool(args.wandb),
-        "wandb_project": getattr(args, "wandb_project", None),
-    }
-    if getattr(args, "trial_callbacks", None):  # tests' and benchmarks' extension point (seq2seq.extra_callbacks)
-        run["callbacks"] = args.trial_callbacks
+    run = RunContext(
+        mode=args.mode,
+        data_dir=str(data_dir),
+        models=prepare_models(experiments, args.mode, data_dir, Path(args.cache_dir or default_cache_dir())),
+        mode_changes=mode_changes,
+        torch_threads=1 if not use_gpu else None,
+        wandb=bool(args.wandb),
+        wandb_project=getattr(args, "wandb_project", None),
+        callbacks=getattr(args, "trial_callbacks", None) or [],  # tests' and benchmarks' extension point
+    )
     if args.mode != "smoke":
         experiments, max_concurrent = preflight(args, experiments, run, use_gpu, gpus, max_concurrent)
-    check_no_secrets(run, "the trials' `run` config")
+    check_no_secrets(run.model_dump(), "the trials' `run` config")
     return GridPlan(
         experiments=experiments, run=run, storage_path=storage_location(args.storage_path),
         name=name, use_gpu=use_gpu, max_concurrent=max_concurrent,
-        metric=args.metric, max_failures=args.max_failures,
-        keep_checkpoints=getattr(args, "keep_checkpoints", None) or 1,
+        metric=run_metric(experiments, args.search_space if prepared is None else str(args.target)),
+        max_failures=args.max_failures, keep_checkpoints=getattr(args, "keep_checkpoints", None) or 1,
     )
 
 
-def preflight(args, experiments: list[dict[str, Any]], run: dict[str, Any], use_gpu: bool, gpus: int,
-              max_concurrent: int | None) -> tuple[list[dict[str, Any]], int | None]:
+def preflight(args, experiments: list[ExperimentConfig], run: RunContext, use_gpu: bool, gpus: int,
+              max_concurrent: int | None) -> tuple[list[ExperimentConfig], int | None]:
     """quick/full: print the plan's summary line; on local GPUs, longest trials first, and packed where several
     fit one card (run.placement gives each trial its GPU fraction and memory cap; --no-pack turns it off)."""
     from trainables import plan
 
     card_key, memory = plan.local_card() if gpus else (None, None)
     card, calib, scaled = plan.resolve_card(card_key, memory if card_key is None and memory else None)
-    fc = plan.forecast(experiments, Path(run["data_dir"]), card, calib, scaled, gpus=max(gpus, 1),
+    fc = plan.forecast(experiments, Path(run.data_dir), card, calib, scaled, gpus=max(gpus, 1),
                        pack_trials=bool(gpus) and not getattr(args, "no_pack", False),
-                       model_paths={k: v["model_path"] for k, v in run["models"].items()})
+                       model_paths={k: v.model_path for k, v in run.models.items()})
     line = plan.summary_line(fc)
     if not gpus:  # a cluster's or no GPU: the plan assumed a card
         line += f" [no local GPU: planned for an {card.name}; `plan --card` for another]"
@@ -172,8 +190,8 @@ def preflight(args, experiments: list[dict[str, Any]], run: dict[str, Any], use_
     if not use_gpu or not gpus:
         return experiments, max_concurrent  # a cluster (--address) or the CPU: one GPU per trial, as configured
     order = [t.name for t in fc.trials]  # longest first: the grid's makespan is shortest
-    experiments = sorted(experiments, key=lambda e: order.index(e["name"]))
-    run["placement"] = plan.placements(fc, fc.packed)
+    experiments = sorted(experiments, key=lambda e: order.index(e.name))
+    run.placement = {name: Placement(**p) for name, p in plan.placements(fc, fc.packed).items()}
     if fc.packed and not args.max_concurrent:
         max_concurrent = len(experiments)  # Ray's GPU fractions decide how many run at once
     return experiments, max_concurrent
@@ -307,7 +325,7 @@ def run_grid(args, plan: GridPlan | None = None, make_tuner=None) -> int:
     created = claim_experiment(experiment_dir)  # two runs can't share a folder, even started in the same second
     try:
         write_marker(experiment_dir, plan)
-        gpus = start_ray(args, plan.run["mode"], plan.use_gpu)
+        gpus = start_ray(args, plan.run.mode, plan.use_gpu)
     except BaseException:
         if created:  # nothing of Tune's there yet: leave no half-made experiment behind
             import shutil
@@ -316,10 +334,10 @@ def run_grid(args, plan: GridPlan | None = None, make_tuner=None) -> int:
         raise
     if plan.use_gpu and plan.max_concurrent is None:
         plan.max_concurrent = gpus  # --address: as many trials at once as the cluster has GPUs
-    what = (f"search around {plan.experiments[0]['name']}, {plan.search['samples']} samples" if plan.search
+    what = (f"search around {plan.experiments[0].name}, {plan.search['samples']} samples" if plan.search
             else f"{len(plan.experiments)} trials")
-    print(f"Experiment {plan.name}: {what}, mode {plan.run['mode']}, "
-          f"{('GPU shares from the plan' if plan.run.get('placement') and any(p['gpu'] < 1 for p in plan.run['placement'].values()) else '1 GPU') if plan.use_gpu else '1 CPU'} per trial, "
+    shares = "GPU shares from the plan" if any(p.gpu < 1 for p in plan.run.placement.values()) else "1 GPU"
+    print(f"Experiment {plan.name}: {what}, mode {plan.run.mode}, {shares if plan.use_gpu else '1 CPU'} per trial, "
           f"up to {plan.max_concurrent} at once\n"
           f"Results: {experiment_dir}", flush=True)
     return fit_until_done_or_stopped((make_tuner or build_tuner)(plan), experiment_dir, plan.metric)
@@ -439,10 +457,10 @@ def not_an_experiment(target: Path | None, asked: object) -> str | None:
 def check_only(args) -> int:
     experiments, warnings, mode_changes = check_inputs(args)
     for exp in experiments:
-        print(f"ok  {exp['name']}: {exp['model']['architecture']} {exp['model']['checkpoint']}")
-        if mode_changes.get(exp["name"]):
-            print(f"      {args.mode} mode changes: {'; '.join(mode_changes[exp['name']])}")
-        if args.mode != "smoke" and Path(exp["model"]["checkpoint"]).is_dir():
+        print(f"ok  {exp.name}: {exp.model.architecture} {exp.model.checkpoint}")
+        if mode_changes.get(exp.name):
+            print(f"      {args.mode} mode changes: {'; '.join(mode_changes[exp.name])}")
+        if args.mode != "smoke" and Path(exp.model.checkpoint).is_dir():
             print(f"      {framing_report(exp)}")
     for w in warnings:
         print(f"warning: {w}")
@@ -472,7 +490,7 @@ def plan_command(args) -> int:
     return 0
 
 
-def framing_report(exp: dict[str, Any]) -> str:
+def framing_report(exp: ExperimentConfig) -> str:
     """For `check` on a local checkpoint: the BOS/EOS framing its tokenizer gets, and where the added tokens'
     rows are (hub checkpoints are probed when a trial loads them; check stays offline)."""
     from transformers import AutoConfig
@@ -480,15 +498,15 @@ def framing_report(exp: dict[str, Any]) -> str:
     from trainables.framing import probe_framing
     from trainables.models import ModelUnavailable, check_real_model, load_tokenizer, project_token_ids
 
-    checkpoint = exp["model"]["checkpoint"]
+    checkpoint = exp.model.checkpoint
     try:
         path = check_real_model(checkpoint)
-        tokenizer = load_tokenizer(path, exp["tokenizer"]["special_tokens"])
+        tokenizer = load_tokenizer(path, exp.tokenizer.special_tokens)
         config = AutoConfig.from_pretrained(path)
         framing = probe_framing(tokenizer, config)
     except (ModelUnavailable, OSError, ValueError) as err:
-        raise UsageError(f"model.checkpoint {checkpoint} (in {exp['name']}): {str(err).splitlines()[0]}") from None
-    ids = project_token_ids(tokenizer, exp["tokenizer"]["special_tokens"])
+        raise UsageError(f"model.checkpoint {checkpoint} (in {exp.name}): {str(err).splitlines()[0]}") from None
+    ids = project_token_ids(tokenizer, exp.tokenizer.special_tokens)
     rows = getattr(config, "vocab_size", None) or len(tokenizer)
     where = (f"; {len(ids)} added tokens at ids {ids[0]}-{ids[-1]} of {rows} model rows"
              f"{'' if ids[-1] < rows else ', the vocabulary grows'}, their rows trained") if ids else ""

@@ -17,12 +17,15 @@ import hashlib
 import json
 import logging
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 from trainables.errors import UserError
 from trainables.metrics import TAG
+
+if TYPE_CHECKING:
+    from trainables.config import ExperimentConfig, QLoraSection
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +98,11 @@ class EffectiveSettings:
     framing: str = ""  # BOS/EOS framing probed from the tokenizer (trainables.framing)
     token_rows: str = ""  # which token rows train for the added tokens, and how
 
+    def with_batch(self, train_batch_size: int, gradient_accumulation_steps: int, note: str) -> "EffectiveSettings":
+        """The same settings at another micro-batch (the OOM back-off), saying why."""
+        return replace(self, train_batch_size=train_batch_size, gradient_accumulation_steps=gradient_accumulation_steps,
+                       notes=[*self.notes, note])
+
     def as_metrics(self) -> dict[str, Any]:
         d = {k: v for k, v in asdict(self).items() if k != "speed"}
         d["notes"] = " | ".join(self.notes)
@@ -113,44 +121,44 @@ def unsloth_reason(requested: bool, arch: str, env: Environment) -> str:
     return f"Unsloth has no encoder-decoder fast path for {arch}; plain transformers + peft"
 
 
-def decide_settings(exp: dict[str, Any], env: Environment, model_source: str) -> EffectiveSettings:
+def decide_settings(exp: ExperimentConfig, env: Environment, model_source: str) -> EffectiveSettings:
     """Turn the config's wishes into what this machine can honestly do, noting each change."""
-    arch = exp["model"]["architecture"]
-    t, q = exp["training"], exp["qlora"]
+    arch = exp.model.architecture
+    t, q = exp.training, exp.qlora
     notes: list[str] = []
 
     if not env.cuda:
         precision = "fp32"
-        if t["fp16"] or t["bf16"]:
+        if t.fp16 or t.bf16:
             notes.append("no CUDA GPU: mixed precision off, fp32 on the CPU")
-    elif t["fp16"] and arch in T5_FAMILY:
+    elif t.fp16 and arch in T5_FAMILY:
         precision = "bf16" if env.bf16_supported else "fp32"
         notes.append(f"fp16 asked for a {arch} model, which overflows in fp16: running {precision}")
-    elif t["bf16"] and not env.bf16_supported:
+    elif t.bf16 and not env.bf16_supported:
         precision = "fp32" if arch in T5_FAMILY else "fp16"
         notes.append(f"bf16 asked for, but {env.device_name} has no bf16: running {precision}")
     else:
-        precision = "bf16" if t["bf16"] else "fp16" if t["fp16"] else "fp32"
+        precision = "bf16" if t.bf16 else "fp16" if t.fp16 else "fp32"
 
-    load_in_4bit = bool(q["use_qlora"] and q["load_in_4bit"])
+    load_in_4bit = q.use_qlora and q.load_in_4bit
     if load_in_4bit and not env.bitsandbytes_installed:
         load_in_4bit = False
         notes.append("bitsandbytes not installed: 4-bit quantization off, LoRA on the full-precision base")
 
-    reason = unsloth_reason(q["use_unsloth"], arch, env)
-    if q["use_unsloth"]:
+    reason = unsloth_reason(q.use_unsloth, arch, env)
+    if q.use_unsloth:
         notes.append(f"unsloth off: {reason}")
 
     return EffectiveSettings(
         device="cuda" if env.cuda else "cpu",
         precision=precision,
         load_in_4bit=load_in_4bit,
-        lora=bool(q["use_qlora"]),
+        lora=q.use_qlora,
         unsloth=False,
         unsloth_reason=reason,
         model_source=model_source,
-        train_batch_size=t["per_device_train_batch_size"],
-        gradient_accumulation_steps=t["gradient_accumulation_steps"],
+        train_batch_size=t.per_device_train_batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
         notes=notes,
     )
 
@@ -387,12 +395,12 @@ def _head_is_tied(model) -> bool:
     return output is None or output.weight is model.get_input_embeddings().weight
 
 
-def quantized_loading(qlora: dict[str, Any], precision: str, device: str) -> dict[str, Any]:
+def quantized_loading(qlora: QLoraSection, precision: str, device: str) -> dict[str, Any]:
     """`from_pretrained` arguments for a 4-bit base: NF4/FP4, double quantization, and a compute dtype the
     run can use (the config's bf16 only where the run is in bf16; fp32 on the CPU)."""
     from transformers import BitsAndBytesConfig
 
-    compute = qlora["bnb_4bit_compute_dtype"]
+    compute = qlora.bnb_4bit_compute_dtype
     if precision == "fp32" or device == "cpu":
         compute = "float32"
     elif compute == "bfloat16" and precision != "bf16":
@@ -400,8 +408,8 @@ def quantized_loading(qlora: dict[str, Any], precision: str, device: str) -> dic
     return {
         "quantization_config": BitsAndBytesConfig(
             load_in_4bit=True,
-            bnb_4bit_quant_type=qlora["bnb_4bit_quant_type"],
-            bnb_4bit_use_double_quant=qlora["bnb_4bit_use_double_quant"],
+            bnb_4bit_quant_type=qlora.bnb_4bit_quant_type,
+            bnb_4bit_use_double_quant=qlora.bnb_4bit_use_double_quant,
             bnb_4bit_compute_dtype=_torch_dtype(compute),
         ),
         "device_map": {"": 0 if device == "cuda" else "cpu"},
@@ -428,24 +436,24 @@ def resolve_lora_targets(model, targets: list[str], notes: list[str]) -> list[st
     return resolved
 
 
-def load_model(exp: dict[str, Any], model_path: str, tokenizer, settings: EffectiveSettings):
+def load_model(exp: ExperimentConfig, model_path: str, tokenizer, settings: EffectiveSettings):
     """The seq2seq model for training, with 4-bit quantization and a LoRA adapter as the settings say."""
     import torch
     from transformers import AutoModelForSeq2SeqLM
 
-    q, t = exp["qlora"], exp["training"]
+    q, t = exp.qlora, exp.training
     kwargs: dict[str, Any] = {}
     if settings.load_in_4bit:
         kwargs = quantized_loading(q, settings.precision, settings.device)
     model = AutoModelForSeq2SeqLM.from_pretrained(model_path, dtype=torch.float32, **kwargs)
-    grow_vocabulary(model, tokenizer, exp["training"]["seed"])
-    new_token_ids = project_token_ids(tokenizer, exp["tokenizer"]["special_tokens"])
+    grow_vocabulary(model, tokenizer, t.seed)
+    new_token_ids = project_token_ids(tokenizer, exp.tokenizer.special_tokens)
 
     if settings.load_in_4bit:
         from peft import prepare_model_for_kbit_training
 
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=t["gradient_checkpointing"])
-    elif t["gradient_checkpointing"]:
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=t.gradient_checkpointing)
+    elif t.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
 
@@ -454,10 +462,10 @@ def load_model(exp: dict[str, Any], model_path: str, tokenizer, settings: Effect
         return model
     from peft import LoraConfig, TaskType, get_peft_model
 
-    targets = resolve_lora_targets(model, q["target_modules"], settings.notes)
-    rank = min(q["lora_rank"], model.config.d_model)
-    if rank != q["lora_rank"]:
-        settings.notes.append(f"LoRA rank {q['lora_rank']} capped to the model width {rank}")
+    targets = resolve_lora_targets(model, q.target_modules, settings.notes)
+    rank = min(q.lora_rank, model.config.d_model)
+    if rank != q.lora_rank:
+        settings.notes.append(f"LoRA rank {q.lora_rank} capped to the model width {rank}")
     token_targets = _token_targets(model, targets, new_token_ids)
     adapted = [t for t in ("embed_tokens", "shared", "lm_head") if t in targets]
     how = ([f"rows trained in {'+'.join(token_targets)}"] if token_targets else []) + (
@@ -466,8 +474,8 @@ def load_model(exp: dict[str, Any], model_path: str, tokenizer, settings: Effect
     lora = LoraConfig(
         task_type=TaskType.SEQ_2_SEQ_LM,
         r=rank,
-        lora_alpha=q["lora_alpha"],
-        lora_dropout=q["lora_dropout"],
+        lora_alpha=q.lora_alpha,
+        lora_dropout=q.lora_dropout,
         target_modules=targets,
         # New tokens' embedding rows start untrained and LoRA would leave them frozen: train those rows only,
         # on the input embeddings and on the output head (untied in T5/mT5).

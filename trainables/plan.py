@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from trainables.config import ConfigError
+from trainables.config import ConfigError, ExperimentConfig, Placement
 
 GIB = 2**30
 CALIBRATION_DIR = Path(__file__).resolve().parent / "calibration"
@@ -186,25 +186,25 @@ def _lora_params(d: Dims, targets: Iterable[str], rank: int) -> tuple[int, int]:
     return params, calls
 
 
-def features(exp: dict[str, Any], d: Dims, load_in_4bit: bool | None = None) -> Features:
-    t, tok, gen, q = exp["training"], exp["tokenizer"], exp["generation"], exp["qlora"]
-    four_bit = (q["use_qlora"] and q["load_in_4bit"]) if load_in_4bit is None else load_in_4bit
-    lora = q["use_qlora"]
-    gc = bool(t["gradient_checkpointing"])
-    b, L, T = t["per_device_train_batch_size"], tok["encoder_max_len"], tok["decoder_max_len"]
+def features(exp: ExperimentConfig, d: Dims, load_in_4bit: bool | None = None) -> Features:
+    t, tok, gen, q = exp.training, exp.tokenizer, exp.generation, exp.qlora
+    four_bit = (q.use_qlora and q.load_in_4bit) if load_in_4bit is None else load_in_4bit
+    lora = q.use_qlora
+    gc = t.gradient_checkpointing
+    b, L, T = t.per_device_train_batch_size, tok.encoder_max_len, tok.decoder_max_len
     mods = linear_modules(d)
     stack = sum(i * o * c for _, i, o, c, _ in mods)
     params = parameter_count(d)
     weights = stack * (0.53 if four_bit else 4) + (params - stack) * 4  # 4-bit NF4 + double-quant state; rest fp32
     if lora:
-        trainable, lora_calls = _lora_params(d, q["target_modules"], q["lora_rank"])
+        trainable, lora_calls = _lora_params(d, q.target_modules, q.lora_rank)
     else:
         trainable, lora_calls = params, 0
     static = weights + trainable * 12  # + gradient and two Adam moments (fp32)
     n_stack = sum(c for *_, c, _ in mods)
     act = _activation_bytes(d, b, L, T, gc)
     logits = b * T * d.vocab * 4
-    be, beams, gmax = t["per_device_eval_batch_size"], gen["num_beams"], gen["max_length"]
+    be, beams, gmax = t.per_device_eval_batch_size, gen.num_beams, gen.max_length
     hyps = be * beams
     kv, gen_bytes = _generation_bytes(d, be, hyps, L, gmax)
     tflop = _training_tflop(d, mods, b, L, T, gc)
@@ -214,7 +214,7 @@ def features(exp: dict[str, Any], d: Dims, load_in_4bit: bool | None = None) -> 
     return Features(
         static_gib=static / GIB, act_gib=act / GIB, logit_gib=logits / GIB, gen_gib=gen_bytes / GIB,
         module_calls=calls, tflop=tflop, gen_calls=gen_calls, gen_vocab=hyps * d.vocab * gmax / 1e9,
-        gen_ngram=(hyps * gmax * gmax / 2 / 1e6) if gen["no_repeat_ngram_size"] else 0.0,
+        gen_ngram=(hyps * gmax * gmax / 2 / 1e6) if gen.no_repeat_ngram_size else 0.0,
         gen_tb=gmax * (weights + kv / 2) / 1e12,
         params=params, trainable=trainable,
     )
@@ -349,11 +349,11 @@ def fit_calibration(rows: list[dict[str, Any]], experiments: dict[str, dict[str,
     if len(rows) < 2:
         raise PlanError("calibration needs at least two successful real-size benchmark rows (gpu_configs.py)")
     card = _card_of(rows[0]["card"])
-    feats = {r["name"]: features(experiments[r["name"]], model_dims(experiments[r["name"]]["model"]["architecture"],
-                                                                      experiments[r["name"]]["model"]["checkpoint"],
+    feats = {r["name"]: features(experiments[r["name"]], model_dims(experiments[r["name"]].model.architecture,
+                                                                      experiments[r["name"]].model.checkpoint,
                                                                       r.get("model_path")), r.get("eff_load_in_4bit"))
              for r in rows}
-    plain = [r for r in rows if not experiments[r["name"]]["training"]["gradient_checkpointing"]] or rows
+    plain = [r for r in rows if not experiments[r["name"]].training.gradient_checkpointing] or rows
     a, l = _nnls([[feats[r["name"]].act_gib, feats[r["name"]].logit_gib] for r in plain],
                  [r["peak_gpu_train_gib"] - feats[r["name"]].static_gib for r in plain])
     # generation sets the peak where the training peak is well below the total (checkpointed BART)
@@ -361,7 +361,7 @@ def fit_calibration(rows: list[dict[str, Any]], experiments: dict[str, dict[str,
     (g,) = _nnls([[feats[r["name"]].gen_gib] for r in gen_rows],
                  [r["peak_gpu_gib"] - feats[r["name"]].static_gib for r in gen_rows])
     step_s = [r["train_label_tokens"] / r["optimizer_steps"] / r["train_tok_s_after_step1"] for r in rows]
-    accum = [r.get("eff_gradient_accumulation_steps") or experiments[r["name"]]["training"]["gradient_accumulation_steps"]
+    accum = [r.get("eff_gradient_accumulation_steps") or experiments[r["name"]].training.gradient_accumulation_steps
              for r in rows]
     call, per_step = _nnls([[k * feats[r["name"]].module_calls, 1.0] for k, r in zip(accum, rows)],
                            [s - k * _fixed_train_s(feats[r["name"]], card) for s, k, r in zip(step_s, accum, rows)])
@@ -413,14 +413,14 @@ def _eval_batch_s(f: Features, c: dict[str, float], card: Card) -> float:
             + _fixed_gen_s(f, card))
 
 
-def predict_benchmark(exp: dict[str, Any], row: dict[str, Any], calib: Calibration, f: Features | None = None,
+def predict_benchmark(exp: ExperimentConfig, row: dict[str, Any], calib: Calibration, f: Features | None = None,
                       card: Card | None = None) -> dict[str, float]:
     """What the plan says for a `gpu_configs.py` run of `exp` (its steps, one eval batch), to compare with `row`."""
     card = card or _card_of(calib.card)
     c = calib.coefficients
-    f = f or features(exp, model_dims(exp["model"]["architecture"], exp["model"]["checkpoint"]))
+    f = f or features(exp, model_dims(exp.model.architecture, exp.model.checkpoint))
     train, gen = _peaks(f, c)
-    accum = exp["training"]["gradient_accumulation_steps"]
+    accum = exp.training.gradient_accumulation_steps
     step = accum * _micro_s(f, c, card) + c["s_per_step"]
     steps = row.get("optimizer_steps") or 3
     ev = _eval_batch_s(f, c, card)
@@ -457,24 +457,24 @@ def count_evaluations(steps_per_epoch: int, epochs: int, eval_steps: int | None)
     return len(at)
 
 
-def plan_trial(exp: dict[str, Any], n_train: int, n_dev: int, calib: Calibration, card: Card,
+def plan_trial(exp: ExperimentConfig, n_train: int, n_dev: int, calib: Calibration, card: Card,
                model_path: str | None = None) -> TrialPlan:
-    t = exp["training"]
-    d = model_dims(exp["model"]["architecture"], exp["model"]["checkpoint"], model_path)
+    t = exp.training
+    d = model_dims(exp.model.architecture, exp.model.checkpoint, model_path)
     f = features(exp, d)
     c = calib.coefficients
     train_peak, gen_peak = _peaks(f, c)
-    micro = math.ceil(n_train / t["per_device_train_batch_size"])
-    steps_per_epoch = max(1, math.ceil(micro / t["gradient_accumulation_steps"]))
-    epochs = t["num_train_epochs"]
-    evals = count_evaluations(steps_per_epoch, epochs, t["eval_steps"])
+    micro = math.ceil(n_train / t.per_device_train_batch_size)
+    steps_per_epoch = max(1, math.ceil(micro / t.gradient_accumulation_steps))
+    epochs = t.num_train_epochs
+    evals = count_evaluations(steps_per_epoch, epochs, t.eval_steps)
     train_s = epochs * (micro * _micro_s(f, c, card) + steps_per_epoch * c["s_per_step"]) + c["first_step_extra_s"]
-    batches = math.ceil(n_dev / t["per_device_eval_batch_size"])
+    batches = math.ceil(n_dev / t.per_device_eval_batch_size)
     eval_s = evals * (batches * (_eval_batch_s(f, c, card) - c["eval_fixed_s"]) + c["eval_fixed_s"])
     start = c["trial_start_s"] + c["load_s"] + c["load_s_per_gparam"] * f.params / 1e9
     peak = max(train_peak, gen_peak)
     plan = TrialPlan(
-        name=exp["name"], arch=d.arch, params=f.params, dims_source=d.source, peak_gib=peak,
+        name=exp.name, arch=d.arch, params=f.params, dims_source=d.source, peak_gib=peak,
         peak_phase="train" if train_peak >= gen_peak else "gen", optimizer_steps=steps_per_epoch * epochs,
         evaluations=evals, train_s=train_s, eval_s=eval_s, trial_s=start + train_s + eval_s,
         fits=peak * FRAGMENTATION + CONTEXT_GIB <= card.memory_gib if card.memory_gib else True,
@@ -597,13 +597,13 @@ def local_card() -> tuple[str | None, float | None]:
     return (card.key if card.key in CARDS else None), props.total_memory / 1e9
 
 
-def forecast(experiments: list[dict[str, Any]], data_dir: Path, card: Card, calib: Calibration, scaled: bool,
+def forecast(experiments: list[ExperimentConfig], data_dir: Path, card: Card, calib: Calibration, scaled: bool,
              gpus: int = 1, pack_trials: bool = True, model_paths: dict[str, str] | None = None) -> GridForecast:
     from trainables.data import read_split
 
     n_train = len(read_split(Path(data_dir), "train", warn=False).frame)  # the run's own checks already warned
     n_dev = len(read_split(Path(data_dir), "dev", warn=False).frame)
-    trials = [plan_trial(e, n_train, n_dev, calib, card, (model_paths or {}).get(e["model"]["checkpoint"]))
+    trials = [plan_trial(e, n_train, n_dev, calib, card, (model_paths or {}).get(e.model.checkpoint))
               for e in experiments]
     gpus = max(1, gpus)
     packed = pack(trials, card.memory_gib, enabled=pack_trials, gpus=gpus)
@@ -682,24 +682,24 @@ def placements(fc: GridForecast, packed: bool) -> dict[str, dict[str, Any]]:
 
 
 def trial_resources(config: dict[str, Any], use_gpu: bool = True) -> dict[str, float]:
-    """Ray's request for one trial: its planned GPU fraction, else one whole GPU (a CPU trial: one CPU)."""
+    """Ray's request for one trial, read from Ray's plain trial config (run.placement, by experiment name): its
+    planned GPU fraction, else one whole GPU (a CPU trial: one CPU)."""
     if not use_gpu:
         return {"cpu": 1}
-    placed = (config.get("run", {}).get("placement") or {}).get(config.get("experiment", {}).get("name"), {})
+    placed = (config.get("run", {}).get("placement") or {}).get(config.get("experiment", {}).get("name")) or {}
     return {"cpu": 1, "gpu": float(placed.get("gpu") or 1)}
 
 
-def apply_memory_cap(run: dict[str, Any], name: str) -> dict[str, Any]:
+def apply_memory_cap(placed: Placement | None) -> dict[str, Any]:
     """Cap this process's CUDA allocator at the trial's planned share; return the eff_* record of the placement.
 
     Past the cap an allocation raises the ordinary CUDA OOM, so the batch back-off works as on a smaller card."""
-    placed = (run.get("placement") or {}).get(name)
     eff: dict[str, Any] = {"eff_gpu_fraction": 1.0, "eff_memory_cap_gib": None, "eff_packed": False}
     if not placed:
         return eff
-    eff.update(eff_gpu_fraction=placed["gpu"], eff_predicted_peak_gib=placed.get("predicted_peak_gib"),
-               eff_predicted_trial_s=placed.get("predicted_trial_s"))
-    cap = placed.get("memory_cap_gib")
+    eff.update(eff_gpu_fraction=placed.gpu, eff_predicted_peak_gib=placed.predicted_peak_gib,
+               eff_predicted_trial_s=placed.predicted_trial_s)
+    cap = placed.memory_cap_gib
     if not cap:
         return eff
     import torch
@@ -709,7 +709,7 @@ def apply_memory_cap(run: dict[str, Any], name: str) -> dict[str, Any]:
     total = torch.cuda.get_device_properties(0).total_memory
     fraction = min(1.0, cap * GIB / total)
     torch.cuda.set_per_process_memory_fraction(fraction, 0)
-    eff.update(eff_memory_cap_gib=round(fraction * total / GIB, 2), eff_packed=placed["gpu"] < 1.0)
+    eff.update(eff_memory_cap_gib=round(fraction * total / GIB, 2), eff_packed=placed.gpu < 1.0)
     return eff
 
 

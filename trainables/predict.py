@@ -58,14 +58,19 @@ def trained_data_dir(experiment_dir: Path | None, checkpoint: Path) -> Path | No
 
 
 def read_meta(checkpoint: Path) -> dict[str, Any]:
+    """A checkpoint's trial_meta.json, its "experiment" validated back into the ExperimentConfig that trained it."""
+    from trainables.config import ConfigError, validate_experiment
+
     meta = Path(checkpoint) / TRIAL_META
     if not meta.is_file():
         raise PredictError(f"{checkpoint}: no {TRIAL_META}; pass a checkpoint_00000N folder of a trial of this project")
     try:
         data = json.loads(meta.read_text(encoding="utf-8"))
-        data["experiment"], data["model_path"]  # noqa: B018  (both are needed to rebuild the model)
-    except (ValueError, KeyError, TypeError) as err:
-        raise PredictError(f"{meta}: unreadable ({type(err).__name__}: {err}); pass another checkpoint folder") from None
+        data["experiment"] = validate_experiment(data["experiment"], meta)
+        data["model_path"]  # noqa: B018  (needed to rebuild the model)
+    except (ValueError, KeyError, TypeError, ConfigError) as err:
+        raise PredictError(f"{meta}: unreadable ({type(err).__name__}: {str(err).splitlines()[0]}); "
+                           "pass another checkpoint folder") from None
     return data
 
 
@@ -96,13 +101,13 @@ def load_for_inference(checkpoint: Path, meta: dict[str, Any], dequantize: bool 
         return model, tokenizer
     kwargs: dict[str, Any] = {}
     if settings.get("eff_load_in_4bit"):
-        kwargs = quantized_loading(exp["qlora"], settings.get("eff_precision", "fp32"), device)
+        kwargs = quantized_loading(exp.qlora, settings.get("eff_precision", "fp32"), device)
     from peft import PeftModel
 
     model = AutoModelForSeq2SeqLM.from_pretrained(meta["model_path"], dtype=torch.float32, **kwargs)
     if dequantize and kwargs:
         model = model.dequantize(dtype=torch.float32)
-    grow_vocabulary(model, tokenizer, exp["training"]["seed"])  # the same rows as in training, before the adapter
+    grow_vocabulary(model, tokenizer, exp.training.seed)  # the same rows as in training, before the adapter
     if "device_map" not in kwargs:
         model = model.to(device)
     model = PeftModel.from_pretrained(model, str(checkpoint))
@@ -143,8 +148,8 @@ def predict(experiment_dir: Path | None, checkpoint: str | None, out: Path, data
     model, tokenizer = load_for_inference(checkpoint_dir, meta)
     dialogues = test["dialogue"].fillna("").tolist()
     todo = [i for i, d in enumerate(dialogues) if d.strip()]
-    print(f"Generating {len(todo)} summaries with {exp['name']} ({meta['model_path']}; "
-          f"beams {exp['generation']['num_beams']}, max length {exp['generation']['max_length']})", flush=True)
+    print(f"Generating {len(todo)} summaries with {exp.name} ({meta['model_path']}; "
+          f"beams {exp.generation.num_beams}, max length {exp.generation.max_length})", flush=True)
     generated = generate_summaries(model, tokenizer, [dialogues[i] for i in todo], exp, batch_size=batch_size,
                                    framing=recorded_framing(meta))
     summaries = [""] * len(dialogues)

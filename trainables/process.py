@@ -1,7 +1,7 @@
 """Process-wide settings, in one place: each entry point calls exactly one function here first.
 
 - `configure_cli()`: tune_main7.main (the driver): `.env`, logging, warnings, library verbosity, Ray/W&B env.
-- `configure_trial_worker()`: the top of each Ray trial function (seq2seq.train_summarizer, search.train_sampled).
+- `configure_trial_worker()`: the top of each Ray trial function (seq2seq.train_summarizer).
 - `configure_benchmark()`: the benchmarks' entry points.
 
 Builders (grid, launch, summaries, predict, models, ...) never set environment variables, warning filters or

@@ -16,7 +16,7 @@ A search YAML is an experiment YAML in which some settings are search dimensions
 Everything the driver can know is checked before Ray starts (trainables.launch's checks, plus here: each
 dimension's form, that its key is a setting of the schema that takes that kind of value, and the config with
 every combination of the dimensions' ends and choices, after the mode is applied). Each trial validates its
-sampled config again with the same schema before it trains (`train_sampled`).
+sampled config again with the same schema before it trains (`seq2seq.train_summarizer`, the grid's trainable).
 
 The mode's limits (smoke: epochs, lengths, batch, rank, a learning-rate floor) apply to the fixed values only:
 a searched setting is used as sampled, or the search would compare trials that all ran the same value.
@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any, get_args
 
 from trainables.config import (
-    DIMENSION_KINDS, ConfigError, ExperimentConfig, apply_mode, is_dimension, mode_of, read_yaml,
+    DIMENSION_KINDS, ConfigError, ExperimentConfig, apply_overlays, is_dimension, mode_of, mode_overlays, read_yaml,
     static_problems, validate_experiment,
 )
 from trainables.layout import STOPPED_EARLY, stopped_early
@@ -264,21 +264,19 @@ def sampled_experiment(raw: dict[str, Any], path: Path, mode: str, searched: lis
     errors, warnings = static_problems(cfg)
     if errors:
         raise ConfigError("; ".join(errors))
-    exp, changes = apply_mode(cfg, mode)
-    keep = {d.name for d in searched}
-    for dim in searched:  # a searched value is used as sampled, whatever the mode's limits
-        exp[dim.section][dim.key] = raw[dim.section][dim.key]
-    changes = [c for c in changes if c.split(":", 1)[0] not in keep]
-    try:
-        ExperimentConfig.model_validate(exp)
-    except ValidationError as err:
-        raise ConfigError(f"{path}: after --mode {mode}: {_one_line(str(err))}") from None
-    return exp, changes, warnings
+    # a searched value is used as sampled, whatever the mode's limits
+    exp, changes = apply_overlays(cfg, mode_overlays(mode), keep=searched_keys(searched))
+    return cfg, exp, changes, warnings
 
 
-def check_search_space(space: SearchSpace, mode: str) -> tuple[dict[str, Any], list[str], list[str]]:
-    """Every combination of ends must validate; return the run's base experiment (mode applied, first
-    combination's values in the searched places), the mode's changes and the warnings."""
+def searched_keys(searched: list[Dimension]) -> frozenset[str]:
+    return frozenset(d.name for d in searched)
+
+
+def check_search_space(space: SearchSpace, mode: str) -> tuple[ExperimentConfig, ExperimentConfig, list[str], list[str]]:
+    """Every combination of ends must validate, the mode applied; return the base experiment (the first
+    combination's values in the searched places) as written and as the mode runs it, the mode's changes and
+    the warnings."""
     result = None
     for values in _corners(space):
         try:
@@ -289,31 +287,6 @@ def check_search_space(space: SearchSpace, mode: str) -> tuple[dict[str, Any], l
                 from None
         result = result or checked
     return result
-
-
-# ---------------------------------------------------------------------------------------------------
-# The trial: re-validate what was sampled, then train like a grid trial
-
-
-def train_sampled(config: dict[str, Any]) -> None:
-    """Ray's trainable for a search: the sampled config passes the schema and the static checks again (the
-    driver checked the ends of each range; this checks the values really sampled), then trains."""
-    from pydantic import ValidationError
-
-    from trainables.process import configure_trial_worker
-
-    configure_trial_worker()
-
-    try:
-        cfg = ExperimentConfig.model_validate(config["experiment"])
-    except ValidationError as err:
-        raise ConfigError(f"sampled config is invalid: {_one_line(str(err))}") from None
-    errors, _ = static_problems(cfg)
-    if errors:
-        raise ConfigError(f"sampled config is invalid: {'; '.join(errors)}")
-    from trainables.seq2seq import train_summarizer
-
-    train_summarizer({**config, "experiment": cfg.model_dump()})
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -397,16 +370,16 @@ def run_search(args) -> int:
     samples = check_samples(args.samples)
     require_optuna()
     space = read_search_space(resolve_config(args.target, Path(args.search_space)), Path(args.search_space))
-    base, changes, warnings = check_search_space(space, args.mode)
+    base, _, _, warnings = check_search_space(space, args.mode)
     args.name = args.name or search_name(space, args.mode)
-    plan = plan_run(args, prepared=([base], warnings, {space.name: changes}))
-    placed = (plan.run.get("placement") or {}).get(space.name)
-    if plan.use_gpu and placed and placed["gpu"] < 1 and not args.max_concurrent:
+    plan = plan_run(args, prepared=([base], warnings, searched_keys(space.dimensions)))
+    placed = plan.run.placement.get(space.name)
+    if plan.use_gpu and placed and placed.gpu < 1 and not args.max_concurrent:
         # The packing plan fits several of this config on one card (forecast for its fixed values, the searched
         # ones at their first end; a sampled trial past its memory cap backs off its batch like any OOM).
         from trainables.launch import count_local_gpus
 
-        plan.max_concurrent = max(1, int(count_local_gpus() / placed["gpu"]))
+        plan.max_concurrent = max(1, int(count_local_gpus() / placed.gpu))
     dimensions = {d.name: d.describe() for d in space.dimensions}
     plan.search = {"config": str(space.path), "samples": samples, "dimensions": dimensions,
                    "kinds": {d.name: d.kind for d in space.dimensions}}
@@ -414,13 +387,12 @@ def run_search(args) -> int:
         print(f"search: {name} ~ {how}", flush=True)
 
     def make_tuner(plan):
-        from ray import tune
 
         # The fixed values; OptunaSearch's samples are merged over the searched ones (here their first ends).
-        param_space = {"experiment": plan.experiments[0], "run": plan.run}
-        seed = base["training"]["seed"] if "training.seed" not in dimensions else 0
+        param_space = {"experiment": plan.experiments[0].model_dump(), "run": plan.run.model_dump()}
+        seed = base.training.seed if "training.seed" not in dimensions else 0
         return build_tuner(
-            plan, trainable=train_sampled, param_space=param_space,
+            plan, param_space=param_space,  # the grid's trainable: it validates the sampled config again
             search_alg=search_algorithm(space, plan.metric, samples, plan.max_concurrent or 1, seed),
             scheduler=_recording_asha(plan.metric, time_attr="training_iteration", grace_period=ASHA_GRACE_PERIOD,
                                       reduction_factor=ASHA_REDUCTION_FACTOR, max_t=ASHA_MAX_T),

@@ -1,15 +1,15 @@
 """The Tune trainable: one experiment, fine-tuned with Hugging Face's Seq2SeqTrainer.
 
-`train_summarizer(config)` is what Ray runs. The work is in `run_trial`, a plain function of the trial's
-config, a `report` callable and an optional checkpoint folder to resume from, so that tests can run it
-without Ray. At every evaluation (each epoch's end, and every `eval_steps` steps where the config sets
-it) dev ROUGE is computed with the config's generation settings, and the metrics are reported together
-with a checkpoint (model/adapter in safetensors, optimizer, scheduler, RNG and trainer state), so that a
-restarted trial continues where it stopped, with the same data order.
+`train_summarizer(config)` is what Ray runs: it validates the trial's config back into a `TrialConfig` and
+calls `run_trial`, a plain function of that config, a `report` callable and an optional checkpoint folder to
+resume from (tests run it without Ray). `run_trial` is the recipe, top to bottom:
 
-The trial config is `{"experiment": <the validated experiment config as a dict>, "run": <what the driver
-decided for this machine: model folder, data folder, mode, ...>}`.
-This module never reads YAML.
+    decide the settings -> data -> model -> trainer -> train (retried at a smaller micro-batch on CUDA OOM)
+
+At every evaluation (each epoch's end, and every `eval_steps` steps where the config sets it) dev ROUGE is
+computed with the config's generation settings, and the metrics are reported together with a checkpoint
+(model/adapter in safetensors, optimizer, scheduler, RNG and trainer state), so that a restarted trial
+continues where it stopped, with the same data order. This module never reads YAML.
 """
 
 from __future__ import annotations
@@ -17,16 +17,21 @@ from __future__ import annotations
 import gc
 import json
 import logging
-import math
-import resource
 import shutil
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
+
+from torch.utils.data import SequentialSampler
+from transformers import DataCollatorForSeq2Seq, EarlyStoppingCallback, PrinterCallback, Seq2SeqTrainer
 
 from trainables import speed
-from trainables.config import mode_of
+from trainables.callbacks import (
+    EvalAtEpochEnd, Report, ReportToTune, StopOnNaN, TrainLossMeter, TrialRecord, extra_callbacks,
+)
+from trainables.config import ConfigError, ExperimentConfig, TrialConfig, mode_of, static_problems
 from trainables.inference import generation_kwargs
 from trainables.layout import TRIAL_META
 from trainables.models import EffectiveSettings, Environment, count_parameters, decide_settings, load_model, load_tokenizer
@@ -34,7 +39,148 @@ from trainables.telemetry import CountTrainingBatches, Telemetry
 
 log = logging.getLogger("trainables.seq2seq")
 
-Report = Callable[[dict[str, Any], "str | None"], None]
+# Local checkpoints the Trainer keeps in the trial's scratch folder: the latest, for the OOM retry to resume
+# from, and the one before. Tune keeps the reported ones (--keep-checkpoints), so more would only fill the disk.
+LOCAL_CHECKPOINTS_KEPT = 2
+
+
+# ---------------------------------------------------------------------------------------------------
+# The recipe
+
+
+def run_trial(trial: TrialConfig, report: Report, resume_from: str | None = None) -> dict[str, Any]:
+    """Train one experiment; `report(metrics, checkpoint_dir)` is called after every evaluation."""
+    started = time.time()
+    exp = trial.experiment
+    settings, speed_plan, placement = decide_trial_settings(trial)
+    data = TrialData.load(trial, settings)
+    record = TrialRecord(name=exp.name, experiment=exp.model_dump(), model_path=trial.model.model_path,
+                         settings=settings, mode_changes=trial.mode_changes, placement=placement,
+                         started=started, prior_s=prior_train_time(resume_from))
+    output_dir = tempfile.mkdtemp(prefix=f"hf-{exp.name}-")
+    telemetry = Telemetry(gpu=settings.device == "cuda")
+
+    def train_once(settings: EffectiveSettings, resume: str | None):
+        record.settings = settings
+        trainer = build_trainer(trial, settings, speed_plan, data, output_dir, record, report, telemetry)
+        try:
+            return trainer.train(resume_from_checkpoint=resume)
+        finally:
+            del trainer
+
+    try:
+        result, settings = retry_on_oom(train_once, settings, speed_plan, output_dir, resume_from, exp.name)
+        return {"train_runtime": result.metrics.get("train_runtime"), **settings.as_metrics(), **placement}
+    finally:
+        telemetry.stop()
+        shutil.rmtree(output_dir, ignore_errors=True)
+
+
+def decide_trial_settings(trial: TrialConfig) -> tuple[EffectiveSettings, speed.SpeedPlan, dict[str, Any]]:
+    """What this machine will really run (precision, 4-bit, batch), the speed-ups, and the GPU share."""
+    import torch
+
+    from trainables.plan import apply_memory_cap
+
+    exp, run = trial.experiment, trial.run
+    if run.torch_threads:
+        torch.set_num_threads(run.torch_threads)
+    env = Environment(**run.environment) if run.environment else Environment.probe()  # tests: a fake machine
+    settings = decide_settings(exp, env, trial.model.model_source)
+    speed_plan = speed.plan(exp, settings, cuda=settings.device == "cuda")  # may enlarge the micro-batch
+    placement = apply_memory_cap(trial.placement)  # a packed trial caps its allocator at its share
+    speed.apply_memory_cap(speed_plan, placement.get("eff_memory_cap_gib"))  # the tighter of the two caps
+    for note in settings.notes:
+        log.warning("%s: %s", exp.name, note)
+    return settings, speed_plan, placement
+
+
+@dataclass
+class TrialData:
+    """The tokenizer, its BOS/EOS framing, both splits tokenized, and the dev summaries ROUGE compares with."""
+
+    tokenizer: Any
+    framing: Any  # trainables.framing.Framing
+    train: Any
+    dev: Any
+    dev_summaries: list[str]
+
+    @classmethod
+    def load(cls, trial: TrialConfig, settings: EffectiveSettings) -> "TrialData":
+        from trainables.data import read_split, tokenize_split
+        from trainables.framing import probe_framing
+
+        tok = trial.experiment.tokenizer
+        tokenizer = load_tokenizer(trial.model.model_path, tok.special_tokens)
+        framing = probe_framing(tokenizer, trial.model.model_path)  # BOS/EOS as this tokenizer and model need them
+        settings.framing = framing.describe()
+        settings.notes.extend(framing.notes)
+        frames = {split: read_split(Path(trial.run.data_dir), split, warn=False).frame  # the driver warned
+                  for split in ("train", "dev")}
+        train, dev = (tokenize_split(frames[split], tokenizer, tok.input_prefix, tok.encoder_max_len,
+                                     tok.decoder_max_len, framing) for split in ("train", "dev"))
+        return cls(tokenizer, framing, train, dev, frames["dev"]["summary"].tolist())
+
+
+def build_trainer(trial: TrialConfig, settings: EffectiveSettings, speed_plan, data: TrialData, output_dir: str,
+                  record: TrialRecord, report: Report, telemetry: Telemetry | None = None) -> "SummarizationTrainer":
+    """The model (seeded, framed, with the generation settings) and its trainer with the trial's callbacks."""
+    from transformers import set_seed
+
+    exp = trial.experiment
+    # Seed before the LoRA/QLoRA wrapping: the adapters' initial weights come from the global RNG, and the
+    # Trainer only seeds it later. Unseeded, two runs of one config (or a run and its retry) differ.
+    set_seed(exp.training.seed)
+    model = load_model(exp, trial.model.model_path, data.tokenizer, settings)
+    data.framing.apply_to(model)  # decoder start, EOS and forced EOS for the Trainer's generate()
+    model.generation_config.update(**generation_kwargs(exp.generation))  # what the Trainer's generate() falls back on
+    trainable, total = count_parameters(model)
+    log.info("%s: %d of %d parameters trainable (%s)", exp.name, trainable, total, settings.model_source)
+    meter = TrainLossMeter()
+    extras = extra_callbacks(trial.run.callbacks)
+    callbacks = [EvalAtEpochEnd(), StopOnNaN(exp.name, settings.precision), ReportToTune(record, report, meter, telemetry),
+                 *([telemetry.callback()] if telemetry else []), *extras]
+    if exp.training.early_stopping_patience:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=exp.training.early_stopping_patience))
+    trainer = SummarizationTrainer(
+        model=model, args=training_arguments(exp, settings, output_dir), train_dataset=data.train,
+        eval_dataset=data.dev, processing_class=data.tokenizer,
+        data_collator=DataCollatorForSeq2Seq(data.tokenizer, model=model, label_pad_token_id=-100),
+        compute_metrics=rouge_metrics(exp, data.tokenizer, data.dev_summaries, data.framing),
+        compute_loss_func=token_mean_loss, callbacks=callbacks,
+        loss_meter=meter, telemetry=telemetry, speed_plan=speed_plan,
+    )
+    speed.record_model(speed_plan, model, trainer.args)
+    for extra in extras:  # the extension point's second half: a callback may wrap what the trainer computes
+        if hasattr(extra, "trainer_ready"):
+            extra.trainer_ready(trainer)
+    return trainer
+
+
+def retry_on_oom(train_once, settings: EffectiveSettings, speed_plan, output_dir: str, resume_from: str | None,
+                 name: str):
+    """`train_once(settings, resume_from)`; on CUDA OOM, again at a smaller micro-batch with more accumulation (the
+    same effective batch), resuming from the last local checkpoint. Returns (its result, the settings that ran)."""
+    import torch
+
+    while True:
+        try:
+            return train_once(settings, resume_from), settings
+        except torch.OutOfMemoryError:
+            pass  # out of the except block first: its traceback holds the failed trainer and model
+        bs, accum = (speed.back_off(speed_plan, settings)
+                     or halve_batch(settings.train_batch_size, settings.gradient_accumulation_steps))
+        note = f"CUDA OOM at per-device batch {settings.train_batch_size}: retrying with {bs} x {accum} accumulation"
+        log.warning("%s: %s", name, note)
+        settings = settings.with_batch(bs, accum, note)
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        resume_from = latest_local_checkpoint(output_dir) or resume_from
+
+
+# ---------------------------------------------------------------------------------------------------
+# The pieces
 
 
 def halve_batch(batch_size: int, accumulation: int) -> tuple[int, int]:
@@ -47,32 +193,9 @@ def halve_batch(batch_size: int, accumulation: int) -> tuple[int, int]:
     return batch_size // 2, accumulation * 2
 
 
-def _peak_memory() -> dict[str, float]:
-    import torch
-
-    host = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB on Linux
-    gpu = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else 0.0
-    return {"peak_gpu_mem_gb": round(gpu, 3), "peak_host_mem_gb": round(host, 3)}
-
-
-class TrainLossMeter:
-    """The training loss since the last report: the Trainer subclass adds each micro-batch's loss (already a
-    share of its optimizer step's per-token mean), the report reads the mean per optimizer step and resets.
-    Independent of `logging_steps`, so a report never lacks it when logging is rarer than evaluation."""
-
-    def __init__(self):
-        self.total = None  # a tensor on the training device: no host sync per step
-        self.since_step = 0
-
-    def add(self, loss) -> None:
-        loss = loss.detach().float()
-        self.total = loss if self.total is None else self.total + loss
-
-    def take(self, global_step: int) -> float:
-        steps = global_step - self.since_step
-        mean = float(self.total.item()) / steps if self.total is not None and steps > 0 else float("nan")
-        self.total, self.since_step = None, global_step
-        return mean
+def latest_local_checkpoint(output_dir: str) -> str | None:
+    saved = sorted(Path(output_dir).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    return str(saved[-1]) if saved else None
 
 
 def prior_train_time(resume_from: str | None) -> float:
@@ -86,102 +209,53 @@ def prior_train_time(resume_from: str | None) -> float:
         return 0.0
 
 
-def _make_callbacks(exp, run, settings: EffectiveSettings, report: Report, started: float, meter: TrainLossMeter,
-                    prior_s: float = 0.0, telemetry: Telemetry | None = None):
-    import torch
-    from transformers import EarlyStoppingCallback, TrainerCallback
+def training_arguments(exp: ExperimentConfig, settings: EffectiveSettings, output_dir: str):
+    """The config as Seq2SeqTrainingArguments, field by field (tests/test_training_arguments.py checks each).
+    The batch and precision are the effective ones (`settings`), which may differ from the config's."""
+    from transformers import Seq2SeqTrainingArguments
 
-    class EvalAtEpochEnd(TrainerCallback):
-        """With step-based evaluation, still evaluate (and checkpoint) at every epoch's end, unless an
-        evaluation already ran at that very step (else the step is evaluated and reported twice)."""
-
-        def __init__(self):
-            self.last_eval_step = -1
-
-        def on_evaluate(self, args, state, control, **kwargs):
-            self.last_eval_step = state.global_step
-
-        def on_epoch_end(self, args, state, control, **kwargs):
-            if state.global_step != self.last_eval_step:
-                control.should_evaluate = True
-                control.should_save = True
-
-    class StopOnNaN(TrainerCallback):
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            loss = (logs or {}).get("loss")
-            if loss is not None and not math.isfinite(loss):
-                raise FloatingPointError(
-                    f"{exp['name']}: training loss is {loss} at step {state.global_step} (precision "
-                    f"{settings.precision}); lower training.learning_rate, or use bf16/fp32"
-                )
-
-    class ReportToTune(TrainerCallback):
-        """After each checkpoint save (which follows each evaluation), report its metrics with it: once per
-        evaluated step, with the mean training loss since the previous report."""
-
-        def __init__(self):
-            self.last_reported_step = -1
-
-        def on_train_begin(self, args, state, control, **kwargs):
-            meter.since_step = state.global_step  # after a resume: the steps trained from here on
-
-        def on_save(self, args, state, control, **kwargs):
-            evals = [h for h in state.log_history if "eval_competition_score" in h]
-            if not evals or evals[-1].get("step") != state.global_step or state.global_step == self.last_reported_step:
-                return
-            self.last_reported_step = state.global_step
-            last = evals[-1]
-            train_loss = meter.take(state.global_step)
-            if not math.isfinite(train_loss):
-                raise FloatingPointError(
-                    f"{exp['name']}: training loss is {train_loss} before step {state.global_step} (precision "
-                    f"{settings.precision}); lower training.learning_rate, or use bf16/fp32"
-                )
-            elapsed = round(prior_s + time.time() - started, 2)  # the whole trial, across resumes
-            ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-            (ckpt / TRIAL_META).write_text(
-                json.dumps({"experiment": exp, "model_path": run["model_path"], "settings": settings.as_metrics(),
-                            "elapsed_s": elapsed}, ensure_ascii=False, indent=1)
-            )
-            metrics = {
-                "epoch": round(state.epoch or 0.0, 4),
-                "step": state.global_step,
-                # rouge1, rouge2, rougeL, competition_score, gen_len without the Trainer's prefix; eval_loss keeps it
-                **{(k if k == "eval_loss" else k.removeprefix("eval_")): v for k, v in last.items()
-                   if k.startswith("eval_") and not k.endswith(("_runtime", "per_second"))},
-                "train_loss": train_loss,
-                "elapsed_s": elapsed,
-                **_peak_memory(),
-                **settings.as_metrics(),
-                "eff_mode_changes": "; ".join(run.get("mode_changes", {}).get(exp["name"], [])),
-                **(telemetry.collect(last.get("eval_runtime")) if telemetry else {}),  # GPU busy, samples/s
-            }
-            report(metrics, str(ckpt))
-            if telemetry:
-                telemetry.restart()
-
-    callbacks = [EvalAtEpochEnd(), StopOnNaN(), ReportToTune(), *([telemetry.callback()] if telemetry else [])]
-    patience = exp["training"]["early_stopping_patience"]
-    if patience:
-        callbacks.append(EarlyStoppingCallback(early_stopping_patience=patience))
-    return callbacks + extra_callbacks(run)
+    t, g = exp.training, exp.generation
+    strategy = "steps" if t.eval_steps else "epoch"  # epoch ends are also evaluated with steps (EvalAtEpochEnd)
+    return Seq2SeqTrainingArguments(
+        output_dir=output_dir,
+        num_train_epochs=t.num_train_epochs,
+        per_device_train_batch_size=settings.train_batch_size,
+        per_device_eval_batch_size=t.per_device_eval_batch_size,
+        gradient_accumulation_steps=settings.gradient_accumulation_steps,
+        learning_rate=t.learning_rate,
+        lr_scheduler_type=t.lr_scheduler_type,
+        warmup_steps=t.warmup_ratio,  # transformers 5 has no warmup_ratio: a float in [0, 1) here is that ratio
+        weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm,
+        bf16=settings.precision == "bf16",
+        fp16=settings.precision == "fp16",
+        eval_strategy=strategy,
+        save_strategy=strategy,  # every evaluation is saved, so each report has its checkpoint
+        eval_steps=t.eval_steps,
+        save_steps=t.eval_steps,
+        save_total_limit=LOCAL_CHECKPOINTS_KEPT,
+        logging_steps=t.logging_steps,
+        logging_nan_inf_filter=False,  # the default swaps a NaN/inf step loss for the mean, hiding it from StopOnNaN
+        metric_for_best_model=exp.metric.best_metric,  # early stopping's metric: the run's one metric
+        greater_is_better=mode_of(exp.metric.best_metric) == "max",
+        predict_with_generate=True,
+        generation_max_length=g.max_length,
+        generation_num_beams=g.num_beams,
+        train_sampling_strategy="group_by_length" if t.group_by_length else "random",
+        seed=t.seed,
+        data_seed=t.seed,
+        report_to=[],  # W&B, when asked, logs through Ray Tune's WandbLoggerCallback (trainables.summaries)
+        run_name=exp.name,
+        use_cpu=settings.device == "cpu",
+        dataloader_num_workers=0,
+        disable_tqdm=True,  # Tune's trial table shows progress; per-step bars from parallel trials interleave
+        log_level="error",  # the Trainer resets transformers' verbosity to this: its advisory warnings are noise here
+        **(speed.training_kwargs(settings.speed) if settings.speed else {}),
+    )
 
 
-def extra_callbacks(run: dict[str, Any]) -> list:
-    """The extension point for tests and benchmarks: run["callbacks"], each {"factory": "module:name",
-    "kwargs": {...}}, a TrainerCallback class or factory that the trial imports by name (so it reaches Ray's
-    workers as plain data) and adds to the Trainer's callbacks."""
-    import importlib
-
-    out = []
-    for spec in run.get("callbacks") or []:
-        module, _, name = spec["factory"].partition(":")
-        out.append(getattr(importlib.import_module(module), name)(**spec.get("kwargs", {})))
-    return out
-
-
-def _compute_metrics_fn(exp, tokenizer, references: list[str], framing):
-    """ROUGE of the generated dev summaries against the dev set's own summary text.
+def rouge_metrics(exp: ExperimentConfig, tokenizer, references: list[str], framing):
+    """compute_metrics: ROUGE of the generated dev summaries against the dev set's own summary text.
 
     Not against the decoded labels: those went through the tokenizer, so they are cut at decoder_max_len and
     carry its spacing and unknown-token losses, which would make every score differ from the competition's."""
@@ -189,7 +263,7 @@ def _compute_metrics_fn(exp, tokenizer, references: list[str], framing):
 
     from trainables.metrics import KoreanRouge, clean_summary
 
-    scorer = KoreanRouge(exp["metric"]["tokenization"])  # the analyzer loads once per trial
+    scorer = KoreanRouge(exp.metric.tokenization)  # the analyzer loads once per trial
     refs = [clean_summary(r) for r in references]
 
     def compute(eval_pred):
@@ -223,189 +297,57 @@ def token_mean_loss(outputs, labels, num_items_in_batch=None):
     return total / count
 
 
-def _in_order_eval_trainer():
-    from torch.utils.data import SequentialSampler
-    from transformers import Seq2SeqTrainer
+class SummarizationTrainer(CountTrainingBatches, Seq2SeqTrainer):
+    """Seq2SeqTrainer with the trial's three differences: the dev set evaluated in file order, each micro-batch's
+    training loss fed to the TrainLossMeter, and the fast evaluation path where the speed plan turns it on."""
 
-    class InOrderEvalTrainer(CountTrainingBatches, Seq2SeqTrainer):
-        """Evaluates the dev set in file order. With train_sampling_strategy="group_by_length", transformers 5
-        also length-groups the evaluation batches, and predictions would no longer line up with the dev
-        summaries that compute_metrics scores them against. Also feeds each micro-batch's training loss to the
-        trial's TrainLossMeter."""
+    def __init__(self, *args, loss_meter: TrainLossMeter | None = None, telemetry: Telemetry | None = None,
+                 speed_plan: speed.SpeedPlan | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.loss_meter, self.telemetry, self.speed_plan = loss_meter, telemetry, speed_plan
+        # The loss is computed from the logits by token_mean_loss: don't also hand num_items_in_batch to a forward
+        # that would ignore it.
+        self.model_accepts_loss_kwargs = False
+        self.remove_callback(PrinterCallback)  # Tune's table and our reports show progress
 
-        loss_meter: "TrainLossMeter | None" = None
+    def _get_eval_sampler(self, eval_dataset):
+        # The one private override: with train_sampling_strategy="group_by_length", transformers 5 also
+        # length-groups the evaluation batches, and predictions would no longer line up with the dev summaries
+        # that compute_metrics scores them against. Public get_eval_dataloader would mean copying its body.
+        return SequentialSampler(eval_dataset)
 
-        def _get_eval_sampler(self, eval_dataset):
-            return SequentialSampler(eval_dataset)
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if self.loss_meter is not None:
+            self.loss_meter.add(loss)
+        return loss
 
-        def training_step(self, model, inputs, num_items_in_batch=None):
-            loss = super().training_step(model, inputs, num_items_in_batch)
-            if self.loss_meter is not None:
-                self.loss_meter.add(loss)
-            return loss
-
-    return InOrderEvalTrainer
-
-
-def make_trainer(exp, run, settings: EffectiveSettings, model, tokenizer, train, dev, output_dir: str,
-                 callbacks: list, compute_metrics=None, meter: "TrainLossMeter | None" = None, trainer_class=None):
-    """The Seq2SeqTrainer of a trial, with the exact accumulation loss (token_mean_loss)."""
-    from transformers import DataCollatorForSeq2Seq, PrinterCallback
-
-    trainer = (trainer_class or _in_order_eval_trainer())(
-        model=model,
-        args=_training_args(exp, run, settings, output_dir),
-        train_dataset=train,
-        eval_dataset=dev,
-        processing_class=tokenizer,
-        data_collator=DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=-100),
-        compute_metrics=compute_metrics,
-        compute_loss_func=token_mean_loss,
-        callbacks=callbacks,
-    )
-    # The loss is computed from the logits by token_mean_loss: don't also hand num_items_in_batch to a forward
-    # that would ignore it.
-    trainer.model_accepts_loss_kwargs = False
-    trainer.loss_meter = meter
-    trainer.remove_callback(PrinterCallback)  # Tune's table and our reports show progress
-    return trainer
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval", **gen_kwargs):
+        dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
+        if not (self.speed_plan and self.speed_plan.fast_eval) or gen_kwargs or isinstance(dataset, dict):
+            return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix, **gen_kwargs)
+        metrics = speed.evaluate(self, self.speed_plan, dataset, metric_key_prefix)
+        self.log(metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        return metrics
 
 
-def _training_args(exp, run, settings: EffectiveSettings, output_dir: str):
-    from transformers import Seq2SeqTrainingArguments
-
-    t, g, m = exp["training"], exp["generation"], exp["metric"]
-    strategy = "steps" if t["eval_steps"] else "epoch"
-    return Seq2SeqTrainingArguments(
-        output_dir=output_dir,
-        num_train_epochs=t["num_train_epochs"],
-        per_device_train_batch_size=settings.train_batch_size,
-        per_device_eval_batch_size=t["per_device_eval_batch_size"],
-        gradient_accumulation_steps=settings.gradient_accumulation_steps,
-        learning_rate=t["learning_rate"],
-        lr_scheduler_type=t["lr_scheduler_type"],
-        warmup_steps=float(t["warmup_ratio"]),  # transformers 5: a float below 1 is a ratio of all steps
-        weight_decay=t["weight_decay"],
-        max_grad_norm=t["max_grad_norm"],
-        bf16=settings.precision == "bf16",
-        fp16=settings.precision == "fp16",
-        eval_strategy=strategy,
-        save_strategy=strategy,
-        eval_steps=t["eval_steps"],
-        save_steps=t["eval_steps"],
-        save_total_limit=2,  # local scratch only: Tune keeps the reported checkpoints
-        logging_steps=t["logging_steps"],
-        logging_nan_inf_filter=False,  # the default swaps a NaN/inf step loss for the mean, hiding it from StopOnNaN
-        metric_for_best_model=m["best_metric"],
-        greater_is_better=mode_of(m["best_metric"]) == "max",
-        predict_with_generate=True,
-        generation_max_length=g["max_length"],
-        generation_num_beams=g["num_beams"],
-        train_sampling_strategy="group_by_length" if t["group_by_length"] else "random",
-        seed=t["seed"],
-        data_seed=t["seed"],
-        report_to=[],  # W&B, when asked, logs through Ray Tune's WandbLoggerCallback (trainables.summaries)
-        run_name=exp["name"],
-        use_cpu=settings.device == "cpu",
-        dataloader_num_workers=0,
-        disable_tqdm=True,  # Tune's trial table shows progress; per-step bars from parallel trials interleave
-        log_level="error",  # the Trainer resets transformers' verbosity to this: its advisory warnings are noise here
-        **(speed.training_kwargs(settings.speed) if settings.speed else {}),
-    )
-
-
-def run_trial(config: dict[str, Any], report: Report, resume_from: str | None = None) -> dict[str, Any]:
-    """Train one experiment; `report(metrics, checkpoint_dir)` is called after every evaluation."""
-    import torch
-    from transformers import set_seed
-
-    from trainables.data import read_split, tokenize_split
-    from trainables.framing import probe_framing
-
-    started = time.time()
-    exp = config["experiment"]
-    run = {**config["run"], **config["run"]["models"][exp["model"]["checkpoint"]]}  # adds model_path, model_source
-    if run.get("torch_threads"):
-        torch.set_num_threads(run["torch_threads"])
-    # run["environment"] is a testing hook: a fake machine (GPU, bf16, Unsloth) for the settings decisions
-    settings = decide_settings(exp, run.get("environment") and Environment(**run["environment"]) or Environment.probe(),
-                               run["model_source"])
-    speed_plan = speed.plan(exp, settings, cuda=settings.device == "cuda")  # may enlarge the micro-batch
-    for note in settings.notes:
-        log.warning("%s: %s", exp["name"], note)
-    from trainables.plan import apply_memory_cap
-
-    placement = apply_memory_cap(run, exp["name"])  # a packed trial caps its allocator at its planned share
-    speed.apply_memory_cap(speed_plan, placement.get("eff_memory_cap_gib"))  # the tighter of the two caps
-    report = _with_placement(report, placement)
-
-    tok_cfg = exp["tokenizer"]
-    tokenizer = load_tokenizer(run["model_path"], tok_cfg["special_tokens"])
-    framing = probe_framing(tokenizer, run["model_path"])  # BOS/EOS as this tokenizer and model need them
-    settings.framing = framing.describe()
-    settings.notes.extend(framing.notes)
-    data_dir = Path(run["data_dir"])
-    train = tokenize_split(read_split(data_dir, "train", warn=False).frame, tokenizer, tok_cfg["input_prefix"],
-                           tok_cfg["encoder_max_len"], tok_cfg["decoder_max_len"], framing)
-    dev_frame = read_split(data_dir, "dev", warn=False).frame  # the driver warned
-    dev = tokenize_split(dev_frame, tokenizer, tok_cfg["input_prefix"], tok_cfg["encoder_max_len"],
-                         tok_cfg["decoder_max_len"], framing)
-    compute_metrics = _compute_metrics_fn(exp, tokenizer, dev_frame["summary"].tolist(), framing)
-    _InOrderEvalTrainer = speed.evaluating_trainer(_in_order_eval_trainer(), speed_plan)
-    prior_s = prior_train_time(resume_from)  # train_time_s counts the whole trial across resumes
-    output_dir = tempfile.mkdtemp(prefix=f"hf-{exp['name']}-")
-    telemetry = Telemetry(gpu=settings.device == "cuda")
-    try:
-        while True:
-            # Seed before the LoRA/QLoRA wrapping: the adapters' initial weights come from the global RNG, and the
-            # Trainer only seeds it later. Unseeded, two runs of one config (or a run and its retry) differ.
-            set_seed(exp["training"]["seed"])
-            model = load_model(exp, run["model_path"], tokenizer, settings)
-            gen = exp["generation"]
-            framing.apply_to(model)  # decoder start, EOS and forced EOS for the Trainer's generate()
-            model.generation_config.update(**generation_kwargs(gen))  # what the Trainer's generate() falls back on
-            trainable, total = count_parameters(model)
-            log.info("%s: %d of %d parameters trainable (%s)", exp["name"], trainable, total, settings.model_source)
-            meter = TrainLossMeter()
-            trainer = make_trainer(exp, run, settings, model, tokenizer, train, dev, output_dir,
-                                   _make_callbacks(exp, run, settings, report, started, meter, prior_s, telemetry),
-                                   compute_metrics, meter, trainer_class=_InOrderEvalTrainer)
-            trainer.telemetry = telemetry
-            speed.record_model(speed_plan, model, trainer.args)
-            try:
-                result = trainer.train(resume_from_checkpoint=resume_from)
-                break
-            except torch.OutOfMemoryError:
-                bs, accum = (speed.back_off(speed_plan, settings)
-                             or halve_batch(settings.train_batch_size, settings.gradient_accumulation_steps))
-                settings.notes.append(f"CUDA OOM at per-device batch {settings.train_batch_size}: retrying with "
-                                      f"{bs} x {accum} accumulation")
-                log.warning("%s: %s", exp["name"], settings.notes[-1])
-                settings.train_batch_size, settings.gradient_accumulation_steps = bs, accum
-                del trainer, model
-                gc.collect()
-                if torch.cuda.is_available():
-                    torch.cuda.empty_cache()
-                saved = sorted(Path(output_dir).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
-                resume_from = str(saved[-1]) if saved else resume_from
-        return {"train_runtime": result.metrics.get("train_runtime"), **settings.as_metrics(), **placement}
-    finally:
-        telemetry.stop()
-        shutil.rmtree(output_dir, ignore_errors=True)
-
-
-def _with_placement(report: Report, placement: dict[str, Any]) -> Report:
-    """Every report also records where the trial ran: its GPU fraction and memory cap (eff_*)."""
-    return lambda metrics, checkpoint_dir: report({**metrics, **placement}, checkpoint_dir)
+# ---------------------------------------------------------------------------------------------------
+# Ray's entry point
 
 
 def train_summarizer(config: dict[str, Any]) -> None:
-    """The Ray Tune function trainable: resume from the trial's last checkpoint, report to Tune."""
+    """The Ray Tune function trainable: validate the trial's config (the schema and the static checks again: a
+    search's sampled values were never seen by the driver), resume from its last checkpoint, report."""
     from ray import tune
 
     from trainables.process import configure_trial_worker
 
     configure_trial_worker()
+    trial = TrialConfig.from_ray(config)
+    errors, _ = static_problems(trial.experiment)
+    if errors:
+        raise ConfigError(f"the trial's config is invalid: {'; '.join(errors)}")
 
     def report(metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
         checkpoint = tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
@@ -413,12 +355,12 @@ def train_summarizer(config: dict[str, Any]) -> None:
 
     checkpoint = tune.get_checkpoint()
     if checkpoint is None:
-        run_trial(config, report)
+        run_trial(trial, report)
         return
     local = tempfile.mkdtemp(prefix="resume-")
     try:
         resume_dir = checkpoint.to_directory(local)
-        log.warning("%s: resuming from checkpoint %s", config["experiment"]["name"], checkpoint.path)
-        run_trial(config, report, resume_from=resume_dir)
+        log.warning("%s: resuming from checkpoint %s", trial.experiment.name, checkpoint.path)
+        run_trial(trial, report, resume_from=resume_dir)
     finally:
         shutil.rmtree(local, ignore_errors=True)

@@ -30,12 +30,13 @@ import logging
 import math
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from trainables.config import ExperimentConfig
 
 log = logging.getLogger(__name__)
 
-DEFAULTS = {"enabled": True, "fast_eval": True, "micro_batch": True, "tf32": True, "memory_gib": 20.0,
-            "max_eval_rows": 256}
 # Largest relative difference between the training model's logits and its merged copy's that still counts
 # as the same model (bf16 rounding of merged weights is ~1e-2; a wrong merge is ~1).
 MERGE_TOLERANCE = 0.08
@@ -67,21 +68,13 @@ class SpeedPlan:
         return {f"eff_speed_{k}": v for k, v in d.items()}
 
 
-def speed_options(exp: dict[str, Any]) -> dict[str, Any]:
-    """The experiment's `speed:` section with defaults (absent in configs written before it existed)."""
-    raw = exp.get("speed")
-    if raw is None:
-        return dict(DEFAULTS)
-    return {**DEFAULTS, **raw}
-
-
-def plan(exp: dict[str, Any], settings, cuda: bool) -> SpeedPlan:
+def plan(exp: "ExperimentConfig", settings, cuda: bool) -> SpeedPlan:
     """Decide the speed-ups for one trial and apply the micro-batch choice to `settings` (EffectiveSettings)."""
-    o = speed_options(exp)
-    on = bool(o["enabled"])
-    p = SpeedPlan(enabled=on, fast_eval=on and o["fast_eval"], micro_batch=on and o["micro_batch"],
-                  tf32=on and o["tf32"] and cuda, memory_gib=o["memory_gib"] if on and cuda else None,
-                  max_eval_rows=o["max_eval_rows"])
+    o = exp.speed
+    on = o.enabled
+    p = SpeedPlan(enabled=on, fast_eval=on and o.fast_eval, micro_batch=on and o.micro_batch,
+                  tf32=on and o.tf32 and cuda, memory_gib=o.memory_gib if on and cuda else None,
+                  max_eval_rows=o.max_eval_rows)
     bs, accum = settings.train_batch_size, settings.gradient_accumulation_steps
     p.configured_batch = (bs, accum)
     if p.micro_batch:
@@ -487,21 +480,3 @@ def _evaluation_metrics(trainer, p: SpeedPlan, predictions, eval_loss: float, pr
     if trainer.state.epoch is not None:
         metrics["epoch"] = trainer.state.epoch
     return metrics
-
-
-def evaluating_trainer(base_cls, p: SpeedPlan | None):
-    """`base_cls` (a Seq2SeqTrainer subclass) whose evaluate() takes the fast path when the plan says so."""
-    if p is None or not p.fast_eval:
-        return base_cls
-
-    class FastEvalTrainer(base_cls):
-        def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval", **gen_kwargs):
-            if gen_kwargs or isinstance(eval_dataset if eval_dataset is not None else self.eval_dataset, dict):
-                return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix, **gen_kwargs)
-            metrics = evaluate(self, p, eval_dataset if eval_dataset is not None else self.eval_dataset,
-                               metric_key_prefix)
-            self.log(metrics)
-            self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
-            return metrics
-
-    return FastEvalTrainer

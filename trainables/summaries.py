@@ -17,12 +17,15 @@ import os
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ray.tune import Callback
 
 from trainables.report import TABLE_COLUMNS, format_table, format_value, mode_of, number, summarize_results
 from trainables.layout import stopped_early
+
+if TYPE_CHECKING:
+    from trainables.config import RunContext
 
 LOG_COLUMNS = ("epoch", "step", "competition_score", "rouge1", "rouge2", "rougeL", "eval_loss", "train_loss",
                "elapsed_s", "peak_gpu_mem_gb")
@@ -206,18 +209,18 @@ def progress_reporter(metric: str = "competition_score", searched: dict[str, str
                        max_progress_rows=20, print_intermediate_tables=True, max_column_length=32)
 
 
-def wandb_settings(run: dict[str, Any]) -> dict[str, Any] | None:
-    """W&B for this run, or None: `run["wandb"]` from --wandb, or TUNE_MAIN7_WANDB=1 in the environment."""
-    wanted = run.get("wandb") or os.environ.get("TUNE_MAIN7_WANDB", "").lower() in ("1", "true", "yes", "on")
+def wandb_settings(run: "RunContext") -> dict[str, Any] | None:
+    """W&B for this run, or None: `run.wandb` from --wandb, or TUNE_MAIN7_WANDB=1 in the environment."""
+    wanted = run.wandb or os.environ.get("TUNE_MAIN7_WANDB", "").lower() in ("1", "true", "yes", "on")
     if not wanted:
         return None
-    project = run.get("wandb_project") or os.environ.get("WANDB_PROJECT") or DEFAULT_WANDB_PROJECT
+    project = run.wandb_project or os.environ.get("WANDB_PROJECT") or DEFAULT_WANDB_PROJECT
     # No key: offline (runs land on disk; `wandb sync <dir>` uploads them later). Never a crash for a missing key.
     mode = os.environ.get("WANDB_MODE") or ("online" if os.environ.get("WANDB_API_KEY") else "offline")
     return {"project": project, "mode": mode}
 
 
-def run_callbacks(experiment_dir: str | Path, metric: str, run: dict[str, Any]) -> list:
+def run_callbacks(experiment_dir: str | Path, metric: str, run: "RunContext") -> list:
     """RunConfig(callbacks=...): the live summary always, W&B (one run per trial) when asked."""
     experiment_dir = str(experiment_dir)
     if experiment_dir.startswith("file://"):
