@@ -161,7 +161,6 @@ class Probe:
 
     def watch(self, model):
         """A forward hook on the transformers model: tokens and mean loss of each training micro-batch."""
-        import torch
 
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
 

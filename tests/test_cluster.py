@@ -9,7 +9,6 @@ Everything Ray-side is started here and shut down here (never `ray stop`: other 
 from __future__ import annotations
 
 import json
-import time
 from argparse import Namespace
 from pathlib import Path
 

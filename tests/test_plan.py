@@ -6,7 +6,6 @@ and Ray started with `num_gpus=1` on this CPU machine, which schedules fractiona
 from __future__ import annotations
 
 import json
-import time
 from argparse import Namespace
 from pathlib import Path
 

@@ -666,7 +666,7 @@ def summary_line(fc: GridForecast) -> str:
             f"({worst.name}){', does NOT fit: ' + ', '.join(misfits) if misfits else ', all fit'}; "
             f"{duration(fc.sequential_s)} one at a time"
             + (f", {duration(fc.packed_s)} packed" if fc.packed else ", no packing") +
-            f" (upper bound; `python tune_main7.py plan` for the table)")
+            " (upper bound; `python tune_main7.py plan` for the table)")
 
 
 def placements(fc: GridForecast, packed: bool) -> dict[str, dict[str, Any]]:

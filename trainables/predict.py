@@ -14,7 +14,6 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from trainables.data import DataError
 from trainables.errors import UserError
 from trainables.layout import TRIAL_META, read_marker
 
