@@ -146,78 +146,47 @@ def bench_config(cfg, args) -> dict[str, Any]:
 
     size = "tiny" if args.tiny else "real"
     exp, _ = apply_mode(cfg, "full")
-    t, tok, gen = exp["training"], exp["tokenizer"], exp["generation"]
-    t.update(num_train_epochs=1, eval_steps=None, early_stopping_patience=None, logging_steps=1)
+    t, tok, gen = exp.training, exp.tokenizer, exp.generation
+    t.num_train_epochs, t.eval_steps, t.early_stopping_patience, t.logging_steps = 1, None, None, 1
     if args.tiny:  # short lengths so the script can be tested on a CPU
-        tok["encoder_max_len"] = min(tok["encoder_max_len"], TINY_LIMITS["encoder_max_len"])
-        tok["decoder_max_len"] = min(tok["decoder_max_len"], TINY_LIMITS["decoder_max_len"])
-        gen["max_length"] = min(gen["max_length"], tok["decoder_max_len"])
-    asked_min_length = gen["min_length"]
-    gen["min_length"] = gen["max_length"]  # worst case: random weights would otherwise stop early at EOS
+        tok.encoder_max_len = min(tok.encoder_max_len, TINY_LIMITS["encoder_max_len"])
+        tok.decoder_max_len = min(tok.decoder_max_len, TINY_LIMITS["decoder_max_len"])
+        gen.max_length = min(gen.max_length, tok.decoder_max_len)
+    asked_min_length = gen.min_length
+    gen.min_length = gen.max_length  # worst case: random weights would otherwise stop early at EOS
 
-    arch, checkpoint = exp["model"]["architecture"], exp["model"]["checkpoint"]
+    arch, checkpoint = exp.model.architecture, exp.model.checkpoint
     cuda = torch.cuda.is_available()
     t0 = time.time()
     # a benchmark needs no warm start (minutes for tiny models on a busy CPU; real sizes never get one)
     model_path = build_standin(arch, tokenizer_corpus(), Path(args.cache_dir), size=size, warm_start=False)
     build_s = time.time() - t0
-    say(f"  [{exp['name']}] stand-in {arch}-{size} ready in {build_s:.1f}s: {model_path}")
+    say(f"  [{exp.name}] stand-in {arch}-{size} ready in {build_s:.1f}s: {model_path}")
 
-    tokenizer = load_tokenizer(str(model_path), tok["special_tokens"])
-    n_train = t["per_device_train_batch_size"] * t["gradient_accumulation_steps"] * args.steps
-    n_dev = t["per_device_eval_batch_size"]
-    data_dir = Path(tempfile.mkdtemp(prefix=f"bench-data-{exp['name']}-"))
-    data = write_data(data_dir, tokenizer, tok["input_prefix"], tok["encoder_max_len"], tok["decoder_max_len"],
+    tokenizer = load_tokenizer(str(model_path), tok.special_tokens)
+    n_train = t.per_device_train_batch_size * t.gradient_accumulation_steps * args.steps
+    n_dev = t.per_device_eval_batch_size
+    data_dir = Path(tempfile.mkdtemp(prefix=f"bench-data-{exp.name}-"))
+    data = write_data(data_dir, tokenizer, tok.input_prefix, tok.encoder_max_len, tok.decoder_max_len,
                       n_train, n_dev)
-    say(f"  [{exp['name']}] data: {n_train} train rows ({data['train_label_tokens']} label tokens, inputs >= "
-        f"{data['min_input_len']} of {tok['encoder_max_len']}), {n_dev} dev rows")
+    say(f"  [{exp.name}] data: {n_train} train rows ({data['train_label_tokens']} label tokens, inputs >= "
+        f"{data['min_input_len']} of {tok.encoder_max_len}), {n_dev} dev rows")
 
-    timing: dict[str, Any] = {"step_ends": [], "peak_train": 0}
-    from transformers import TrainerCallback
+    from benchmarks.probes import BENCH_TIMING, TIMING
+    from trainables.config import TrialConfig
 
-    def sync() -> None:
-        if cuda:
-            torch.cuda.synchronize()
-
-    class BenchTiming(TrainerCallback):
-        def on_train_begin(self, args_, state, control, **kwargs):
-            sync()
-            timing["train_begin"] = time.perf_counter()
-
-        def on_step_end(self, args_, state, control, **kwargs):
-            sync()
-            timing["step_ends"].append(time.perf_counter())
-            timing["train_batch"] = args_.per_device_train_batch_size  # after any OOM back-off
-
-        def on_epoch_end(self, args_, state, control, **kwargs):
-            sync()
-            timing["train_end"] = time.perf_counter()
-            if cuda:
-                timing["peak_train"] = torch.cuda.max_memory_allocated()
-
-        def on_evaluate(self, args_, state, control, metrics=None, **kwargs):
-            timing["eval_runtime"] = (metrics or {}).get("eval_runtime")
-            timing["eval_metrics"] = {k: v for k, v in (metrics or {}).items() if isinstance(v, (int, float))}
-
-    original = seq2seq._make_callbacks
-
-    def with_timing(*a, **k):
-        timing["step_ends"].clear()  # an OOM back-off restarts training: time the run that finished
-        return [*original(*a, **k), BenchTiming()]
-
-    seq2seq._make_callbacks = with_timing
     reports: list[dict[str, Any]] = []
-    config = {
-        "experiment": exp,
+    config = TrialConfig.from_ray({
+        "experiment": exp.model_dump(),
         "run": {
             "mode": "full",
             "data_dir": str(data_dir),
             "models": {checkpoint: {"model_path": str(model_path),
                                     "model_source": f"standin:{arch}-{size} random weights (for {checkpoint})"}},
             "torch_threads": args.threads,
-            "wandb": False,
+            "callbacks": [BENCH_TIMING],  # training and evaluation timing, through the trial's extension point
         },
-    }
+    })
     if cuda:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
@@ -230,9 +199,8 @@ def bench_config(cfg, args) -> dict[str, Any]:
         final = seq2seq.run_trial(config, lambda metrics, ckpt: reports.append(metrics))
     except Exception as err:  # an OOM at batch 1 or any other failure is a result too
         final, error = {}, f"{type(err).__name__}: {str(err).splitlines()[0][:300] if str(err) else ''}"
-    finally:
-        seq2seq._make_callbacks = original
     total_s = time.time() - t0
+    timing = dict(TIMING) or {"step_ends": [], "peak_train": 0}
 
     last = reports[-1] if reports else {}
     eff = {k: v for k, v in {**last, **final}.items() if k.startswith("eff_")}
@@ -246,7 +214,7 @@ def bench_config(cfg, args) -> dict[str, Any]:
     peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
     reserved = torch.cuda.max_memory_reserved() / 2**30 if cuda else None
     return {
-        "name": exp["name"],
+        "name": exp.name,
         "card": torch.cuda.get_device_name(0) if cuda else "cpu",
         "size": size,
         "ok": error is None and bool(reports),
@@ -265,12 +233,12 @@ def bench_config(cfg, args) -> dict[str, Any]:
         "run_trial_s": round(total_s, 1),
         "standin_build_s": round(build_s, 1),
         "settings": {
-            "arch": arch, "train_batch": t["per_device_train_batch_size"], "accumulation": t["gradient_accumulation_steps"],
-            "eval_batch": n_dev, "encoder_max_len": tok["encoder_max_len"], "decoder_max_len": tok["decoder_max_len"],
-            "num_beams": gen["num_beams"], "gen_max_length": gen["max_length"],
-            "gen_min_length": gen["min_length"], "config_min_length": asked_min_length,
-            "lora_rank": exp["qlora"]["lora_rank"], "targets": exp["qlora"]["target_modules"],
-            "gradient_checkpointing": t["gradient_checkpointing"],
+            "arch": arch, "train_batch": t.per_device_train_batch_size, "accumulation": t.gradient_accumulation_steps,
+            "eval_batch": n_dev, "encoder_max_len": tok.encoder_max_len, "decoder_max_len": tok.decoder_max_len,
+            "num_beams": gen.num_beams, "gen_max_length": gen.max_length,
+            "gen_min_length": gen.min_length, "config_min_length": asked_min_length,
+            "lora_rank": exp.qlora.lora_rank, "targets": exp.qlora.target_modules,
+            "gradient_checkpointing": t.gradient_checkpointing,
         },
         "data": data,
         "eval": {k: v for k, v in (timing.get("eval_metrics") or {}).items() if k in ("eval_loss", "eval_gen_len")},

@@ -333,93 +333,27 @@ def baseline(exp: dict, model_path: str, data_dir: Path, precision: str, eval_ro
 
 def project(exp: dict, model_path: str, data_dir: Path, eval_rows: list[int], probe: Probe, arch: str, size: str,
             profile_dir: Path | None) -> dict[str, Any]:
-    import torch
-
-    from trainables import seq2seq
+    """The project's trial (run_trial, as Ray would run it, without Ray), watched through its extension point."""
+    from benchmarks import probes
+    from trainables.config import TrialConfig
+    from trainables.seq2seq import run_trial
 
     captured: dict[str, Any] = {}
-    original_metrics, original_callbacks = seq2seq._compute_metrics_fn, seq2seq._make_callbacks
-    original_load, original_loss = seq2seq.load_model, seq2seq.token_mean_loss
-
-    def metrics_fn(exp_, tokenizer, references, framing):
-        inner = original_metrics(exp_, tokenizer, references, framing)
-
-        def compute(pred):
-            import numpy as np
-
-            ids = np.where(pred.predictions < 0, framing.pad_id, pred.predictions)
-            captured["predictions"] = framing.decode(tokenizer, ids)  # as the trial decodes them for ROUGE
-            return inner(pred)
-        return compute
-
-    def callbacks(*a, **k):
-        probe.reset()
-        extra = [probe.timing_callback()]
-        if profile_dir:
-            extra.append(_profiler(profile_dir, "project_train", steps=(2, 3)).callback)
-        return [*original_callbacks(*a, **k), *extra]
-
-    hooks = []
-
-    def load(*a, **k):
-        model = original_load(*a, **k)
-        hooks.append(probe.watch(model))
-        captured["params"] = _param_split(model)
-        return model
-
-    seq2seq._compute_metrics_fn, seq2seq._make_callbacks, seq2seq.load_model = metrics_fn, callbacks, load
-    seq2seq.token_mean_loss = probe.watch_loss(original_loss)
-    # eval timing: the reported eval_runtime of the epoch-end evaluation
+    probes.ACTIVE.clear()
+    probes.ACTIVE.update(
+        probe=probe, captured=captured, model_path=model_path, param_split=_param_split,
+        training_numbers=training_numbers,
+        train_profiler=(lambda: _profiler(profile_dir, "project_train", steps=(2, 3)).callback) if profile_dir else None,
+        eval_profiler=(lambda: _profile_block(profile_dir, "project_eval_all")) if profile_dir else None)
     reports: list[dict[str, Any]] = []
-    config = {"experiment": exp, "run": {
-        "mode": "full", "data_dir": str(data_dir), "wandb": False,
-        "models": {exp["model"]["checkpoint"]: {"model_path": model_path, "model_source": f"standin:{arch}-{size}"}}}}
-    import trainables.speed as speed
-
-    original_eval, original_fast = None, speed.evaluate
+    config = TrialConfig.from_ray({"experiment": exp, "run": {
+        "mode": "full", "data_dir": str(data_dir), "callbacks": [probes.TRIAL_PROBE],
+        "models": {exp["model"]["checkpoint"]: {"model_path": model_path, "model_source": f"standin:{arch}-{size}"}}}})
     try:
-        from transformers import Seq2SeqTrainer
-
-        original_eval = Seq2SeqTrainer.evaluate
-        timing = {}
-
-        def timed_evaluation(args, evaluate):
-            """Time one evaluation; before the first, capture the training numbers (training has stopped)."""
-            if not timing.get("train_done"):
-                timing["train_done"] = True
-                captured["train"] = training_numbers(probe, args.gradient_accumulation_steps)
-                if torch.cuda.is_available():
-                    captured["peak_gpu_train_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
-            started = time.perf_counter()
-            result = evaluate()
-            captured["eval_s"] = round(time.perf_counter() - started, 3)
-            return result
-
-        def timed_eval(self, *a, **k):
-            return timed_evaluation(self.args, lambda: original_eval(self, *a, **k))
-
-        Seq2SeqTrainer.evaluate = timed_eval  # the fast path's evaluate() overrides it, so time the subclass too
-
-        def fast_eval(trainer, p, dataset, prefix):
-            if profile_dir and not timing.get("profiled"):
-                timing["profiled"] = True
-                with _profile_block(profile_dir, "project_eval_all"):
-                    return original_fast(trainer, p, dataset, prefix)
-            return original_fast(trainer, p, dataset, prefix)
-
-        def timed_fast(trainer, p, dataset, prefix="eval"):
-            return timed_evaluation(trainer.args, lambda: fast_eval(trainer, p, dataset, prefix))
-
-        speed.evaluate = timed_fast
-        final = seq2seq.run_trial(config, lambda m, c: reports.append(m))
+        final = run_trial(config, lambda m, c: reports.append(m))
     finally:
-        seq2seq._compute_metrics_fn, seq2seq._make_callbacks, seq2seq.load_model = original_metrics, original_callbacks, original_load
-        seq2seq.token_mean_loss = original_loss
-        if original_eval:
-            Seq2SeqTrainer.evaluate = original_eval
-        speed.evaluate = original_fast
-        for h in hooks:
-            h.remove()
+        for hook in probes.ACTIVE.get("hooks", []):
+            hook.remove()
     out = dict(captured.pop("train", {}))
     out.update(captured)
     out["eval_s_subset"] = out.pop("eval_s", None)
@@ -560,11 +494,11 @@ def project_full_run(exp: dict, batch: int, accumulation: int, tok_s: float | No
 def bench_config(cfg, args, probe: Probe) -> dict[str, Any]:
     import torch
 
-    from trainables.config import apply_mode
+    from trainables.config import ExperimentConfig, apply_mode
     from trainables.models import Environment, build_standin, decide_settings, load_tokenizer
 
     size = "tiny" if args.tiny else "real"
-    exp, _ = apply_mode(cfg, "full")
+    exp = apply_mode(cfg, "full")[0].model_dump()  # the plain recipe reads the YAML's values as a user's script would
     t, tk, g = exp["training"], exp["tokenizer"], exp["generation"]
     t.update(num_train_epochs=1, eval_steps=None, early_stopping_patience=None, logging_steps=1)
     if args.tiny:
@@ -573,7 +507,7 @@ def bench_config(cfg, args, probe: Probe) -> dict[str, Any]:
         g["max_length"] = min(g["max_length"], tk["decoder_max_len"])
         g["min_length"] = min(g["min_length"], 2)
     if args.plain_project:
-        exp["speed"] = {"enabled": False}
+        exp["speed"] = {**exp["speed"], "enabled": False}
     arch = exp["model"]["architecture"]
     cuda = torch.cuda.is_available()
     model_path = str(build_standin(arch, tokenizer_corpus(), Path(args.cache_dir), size=size, warm_start=False))
@@ -593,7 +527,7 @@ def bench_config(cfg, args, probe: Probe) -> dict[str, Any]:
     rng = random.Random(1)
     base_n = min(args.dev_rows, t["per_device_eval_batch_size"] * args.baseline_eval_batches)
     base_rows = sorted(rng.sample(range(args.dev_rows), base_n))
-    settings = decide_settings(exp, Environment.probe(), "standin")
+    settings = decide_settings(ExperimentConfig.model_validate(exp), Environment.probe(), "standin")
     say(f"  [{exp['name']}] {arch}-{size}; train {n_train} rows, dev {args.dev_rows} (baseline evaluates {base_n}); "
         f"input tokens {data['input_tokens']}, label tokens {data['label_tokens']}")
     peak = next((v for k, v in PEAK_TFLOPS.items() if cuda and k in torch.cuda.get_device_name(0)), None)
@@ -631,7 +565,7 @@ def bench_config(cfg, args, probe: Probe) -> dict[str, Any]:
         eff = r.get("eff", {})
         batch = eff.get("eff_train_batch_size", t["per_device_train_batch_size"])
         accum = eff.get("eff_gradient_accumulation_steps", t["gradient_accumulation_steps"])
-        full_exp, _ = apply_mode(cfg, "full")
+        full_exp = apply_mode(cfg, "full")[0].model_dump()
         r["projection"] = project_full_run(full_exp, batch, accum, r.get("train_tok_s"), r.get("eval_s_full"),
                                            data["train_label_tokens_mean"])
         rows[side] = r
