@@ -154,9 +154,9 @@ def dispatch(args: argparse.Namespace) -> int:
     if args.command == "plan":
         return launch.plan_command(args)
     if args.command == "report":
-        from trainables.report import print_summary
+        from trainables.summaries import print_results
 
-        print_summary(_experiment(args), args.metric)
+        print_results(_experiment(args), args.metric)
         return 0
     if args.command == "predict":
         from trainables.layout import TRIAL_META

@@ -58,22 +58,24 @@ def test_a_bug_is_not_dressed_up_as_a_user_error(monkeypatch):
         tune_main7.main(["check"])
 
 
-def _project_imports(path: Path, top_level_only: bool) -> tuple[set[str], list[str]]:
-    tree = ast.parse(path.read_text())
-    nodes = tree.body if top_level_only else ast.walk(tree)
+def _project_imports(path: Path) -> tuple[set[str], list[str]]:
+    """(project modules `path` imports anywhere in it, at module level or inside functions; private names it
+    imports from them)."""
     deps, private = set(), []
-    for node in nodes:
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("trainables."):
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module == "trainables":
+            deps |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("trainables."):
             deps.add(node.module.split(".")[1])
             private += [f"{node.module}.{a.name}" for a in node.names if a.name.startswith("_")]
-    return deps, private
+    return deps - {path.stem}, private
 
 
-def test_no_import_cycles_at_module_level_and_no_private_names_across_modules():
+def test_no_import_cycles_even_inside_functions_and_no_private_names_across_modules():
     graph, private = {}, []
     for name, path in MODULES.items():
-        graph[name], p = _project_imports(path, top_level_only=True)
-        private += [f"{name}: {x}" for x in _project_imports(path, top_level_only=False)[1]]
+        graph[name], p = _project_imports(path)
+        private += [f"{name}: {x}" for x in p]
     assert private == []
 
     def visit(node: str, stack: list[str]) -> None:
@@ -83,6 +85,17 @@ def test_no_import_cycles_at_module_level_and_no_private_names_across_modules():
 
     for name in graph:
         visit(name, [name])
+
+
+def test_tests_and_benchmarks_use_no_private_name_of_the_project():
+    """They reach the trial through its extension point (run.callbacks), not by replacing private functions."""
+    import re
+
+    modules = "|".join(sorted(MODULES))
+    pattern = re.compile(rf"\b(?:{modules})\._[a-z]\w*|from trainables\.\w+ import [^\n]*\b_[a-z]\w*")
+    found = [f"{path.relative_to(ROOT)}: {m}" for folder in ("tests", "benchmarks")
+             for path in sorted((ROOT / folder).glob("*.py")) for m in pattern.findall(path.read_text())]
+    assert found == []
 
 
 def test_the_scheduler_and_predict_do_not_import_the_trainable():

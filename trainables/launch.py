@@ -347,7 +347,7 @@ def fit_until_done_or_stopped(tuner, experiment_dir: Path | str, metric: str) ->
     """Tuner.fit() with Ctrl-C, SIGTERM and SIGHUP all meaning "stop gracefully": Tune stops the trials and saves
     the experiment state, the summary is written, and the console says how to resume. Exit code: 0 when every
     trial finished, 1 when some did not, 128 + the signal's number when stopped (130 Ctrl-C, 143 SIGTERM, 129 SIGHUP)."""
-    from trainables.report import print_summary
+    from trainables.summaries import print_results
 
     received = stop_on_signals()
     try:
@@ -364,7 +364,7 @@ def fit_until_done_or_stopped(tuner, experiment_dir: Path | str, metric: str) ->
         code = 0
     else:
         try:
-            code = print_summary(Path(experiment_dir), metric)
+            code = print_results(Path(experiment_dir), metric)
         except Exception as err:  # a run stopped before its first trial: no results to show
             print(f"(no summary: {type(err).__name__}: {err})", flush=True)
             code = 1

@@ -321,12 +321,6 @@ def print_summary(experiment_dir: Path, metric: str | None = None, plots: bool =
     trial finished, 1 otherwise. `metric` None: the one the experiment ran with."""
     metric, why = experiment_metric(experiment_dir, metric)
     analysis = load_analysis(experiment_dir, metric)
-
-    marker = read_marker(experiment_dir) or {}
-    if marker.get("kind") == "search":  # ranked trials, best sampled values, metric against each setting
-        from trainables.search import print_search_summary
-
-        return print_search_summary(experiment_dir, marker, metric, analysis, plots)
     rows = trial_rows(experiment_dir, metric, analysis=analysis)
     print(f"\nResults of {experiment_dir}, ranked by {metric} ({why}): best {metric} per trial, at best_epoch; "
           "scores are F1, competition_score = mean x 100; train_time_s and peak memory up to the last report")

@@ -246,3 +246,18 @@ def run_callbacks(experiment_dir: str | Path, metric: str, run: "RunContext") ->
         ))
     return callbacks
 
+
+
+def print_results(experiment_dir: Path, metric: str | None = None, plots: bool = True) -> int:
+    """What `report` and the end of a run print: a grid's result table (trainables.report), or a search's ranked
+    trials and best sampled values (trainables.search_report). 0 when every trial finished, 1 otherwise."""
+    from trainables.layout import read_marker
+    from trainables.report import experiment_metric, load_analysis, print_summary
+
+    marker = read_marker(experiment_dir) or {}
+    if marker.get("kind") != "search":
+        return print_summary(experiment_dir, metric, plots)
+    from trainables.search_report import print_search_summary
+
+    metric, _ = experiment_metric(experiment_dir, metric)
+    return print_search_summary(experiment_dir, marker, metric, load_analysis(experiment_dir, metric), plots)
