@@ -114,6 +114,9 @@ def write_data(data_dir: Path, tokenizer, exp: dict, n_train: int, n_dev: int, a
 # Instrumentation shared by both sides (not part of either training loop)
 
 
+NOT_FORCED = 10**6  # the length of a generate() row whose input matched no dev dialogue: left alone
+
+
 class Probe:
     """Forced generation lengths for every generate() call, and token/loss counts of every training forward."""
 
@@ -137,17 +140,19 @@ class Probe:
             def __call__(self, input_ids, scores):
                 made = input_ids.shape[1] - 1  # the decoder start token is not generated
                 rows = self.lengths.repeat_interleave(input_ids.shape[0] // self.lengths.shape[0]).to(scores.device)
-                done = rows <= made  # this row's length reached: only EOS; before it: anything but EOS
+                forced = rows < NOT_FORCED  # rows whose input matched no dev dialogue generate freely
+                done = forced & (rows <= made)  # this row's length reached: only EOS; before it: anything but EOS
                 scores[done] = -math.inf
-                scores[:, self.eos] = torch.where(done, 0.0, -math.inf).to(scores.dtype)
+                eos = torch.where(done, 0.0, -math.inf).to(scores.dtype)
+                scores[forced, self.eos] = eos[forced]
                 return scores
 
         def generate(model, *a, **kw):
             ids, mask = kw.get("input_ids"), kw.get("attention_mask")
             if ids is not None and probe.lengths:
                 keys = [tuple(r[m.bool()].tolist()) for r, m in zip(ids.cpu(), (mask if mask is not None else ids >= 0).cpu())]
-                lengths = torch.tensor([probe.lengths.get(k, 10**6) for k in keys])
-                probe.misses += int((lengths == 10**6).sum())
+                lengths = torch.tensor([probe.lengths.get(k, NOT_FORCED) for k in keys])
+                probe.misses += int((lengths == NOT_FORCED).sum())
                 eos = model.generation_config.eos_token_id
                 eos = eos[0] if isinstance(eos, (list, tuple)) else eos
                 extra = LogitsProcessorList([ForcedLengths(lengths, 1, eos)])
@@ -157,7 +162,11 @@ class Probe:
             return original(model, *a, **kw)
 
         GenerationMixin.generate = generate
+        self.uninstall = lambda: setattr(GenerationMixin, "generate", original)
         return self
+
+    def uninstall(self) -> None:
+        """Gives generate() back (install replaces it with the forcing one for the whole process)."""
 
     def watch(self, model):
         """A forward hook on the transformers model: tokens and mean loss of each training micro-batch."""
@@ -653,9 +662,12 @@ def main(argv: list[str] | None = None) -> int:
         f"summary tokens normal(mean, sd, min, max) = {args.summary}; generation forced to each dev row's summary length")
     probe = Probe().install()
     results = []
-    for cfg in configs:
-        results.append(bench_config(cfg, args, probe))
-        (out / "side_by_side.json").write_text(json.dumps(results, ensure_ascii=False, indent=1))
+    try:
+        for cfg in configs:
+            results.append(bench_config(cfg, args, probe))
+            (out / "side_by_side.json").write_text(json.dumps(results, ensure_ascii=False, indent=1))
+    finally:  # a caller in the same process (a test) gets the ordinary generate() back
+        probe.uninstall()
     say("\n" + table(results))
     return 0 if all("error" not in r.get(s, {}) for r in results for s in ("baseline", "project")) else 1
 

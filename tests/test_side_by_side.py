@@ -11,9 +11,15 @@ from benchmarks import side_by_side
 
 @pytest.mark.slow
 def test_side_by_side_dry_run_measures_both_sides(tmp_path):
+    from transformers.generation.utils import GenerationMixin
+
+    original = GenerationMixin.generate
     rc = side_by_side.main(["--tiny", "--only", "01_baseline_kobart_rtx3090", "--steps", "1",
                             "--baseline-eval-batches", "1", "--out", str(tmp_path), "--cache-dir", str(tmp_path / "cache")])
     assert rc == 0
+    # Found in CI: the benchmark's length-forcing generate() stayed installed, and a later test's predictions in the
+    # same process (inputs matching no benchmark dialogue) were kept from EOS and ran to max_length.
+    assert GenerationMixin.generate is original
     [row] = json.loads((tmp_path / "side_by_side.json").read_text())
     for side in ("baseline", "project"):
         r = row[side]
@@ -42,3 +48,28 @@ def test_projection_counts_steps_and_evaluations():
     assert p["steps"] == per_epoch * 8
     assert p["evaluations"] == len({per_epoch * (e + 1) for e in range(8)} | set(range(100, p["steps"] + 1, 100)))
     assert p["total_h"] == pytest.approx((12457 * 8 * 50 / 1000 + p["evaluations"] * 60) / 3600, abs=1e-3)
+
+
+
+def test_rows_matching_no_benchmark_dialogue_generate_freely():
+    """The forcing only touches rows whose input is a benchmark dev dialogue; any other row keeps its scores."""
+    import torch
+    from transformers.generation.utils import GenerationMixin
+
+    seen = {}
+    original = GenerationMixin.generate
+    GenerationMixin.generate = lambda model, *a, **kw: seen.setdefault("processors", kw["logits_processor"])
+    try:
+        probe = side_by_side.Probe().install()
+        probe.lengths = {(5, 6, 7): 2}
+        model = type("M", (), {"generation_config": type("G", (), {"eos_token_id": 1})()})()
+        ids = torch.tensor([[5, 6, 7], [8, 9, 9]])
+        GenerationMixin.generate(model, input_ids=ids, attention_mask=torch.ones_like(ids))
+        probe.uninstall()
+    finally:
+        GenerationMixin.generate = original
+    [forcing] = seen["processors"]
+    scores = forcing(torch.zeros(2, 2), torch.zeros(2, 4))  # start + one token made: row 0 (length 2) may not stop yet
+    assert scores[0, 1] == -float("inf") and torch.equal(scores[1], torch.zeros(4)) and probe.misses == 1
+    scores = forcing(torch.zeros(2, 3), torch.zeros(2, 4))  # two made: row 0 must stop; row 1 still free
+    assert scores[0, 1] == 0 and (scores[0, [0, 2, 3]] == -float("inf")).all() and torch.equal(scores[1], torch.zeros(4))
