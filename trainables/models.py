@@ -377,11 +377,13 @@ def grow_vocabulary(model, tokenizer, seed: int) -> int:
     import torch
 
     old_vocab = model.get_input_embeddings().num_embeddings
+    if not _head_is_tied(model):
+        # transformers 5 forces tie_word_embeddings=True on (m)T5 configs even where the checkpoint's own output
+        # head loaded untied (real T5/mT5 ones). Say what the weights are, whether or not the vocabulary grows:
+        # resizing would otherwise tie the head to the embeddings (replacing it), and peft, trusting the flag,
+        # skips the head's trainable_token_indices as "tied" (the added tokens' output rows never trained).
+        model.config.tie_word_embeddings = False
     if len(tokenizer) > old_vocab:
-        if not _head_is_tied(model):
-            # transformers 5 forces tie_word_embeddings=True on (m)T5 configs, and resizing then ties the head to
-            # the embeddings: a checkpoint's own output head (real T5/mT5 ones) would be silently replaced.
-            model.config.tie_word_embeddings = False
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model.resize_token_embeddings(len(tokenizer))
@@ -468,9 +470,6 @@ def load_model(exp: ExperimentConfig, model_path: str, tokenizer, settings: Effe
         settings.notes.append(f"LoRA rank {q.lora_rank} capped to the model width {rank}")
     token_targets = _token_targets(model, targets, new_token_ids)
     adapted = [t for t in ("embed_tokens", "shared", "lm_head") if t in targets]
-    how = ([f"rows trained in {'+'.join(token_targets)}"] if token_targets else []) + (
-        [f"LoRA on {'+'.join(adapted)}"] if adapted else [])
-    settings.token_rows = _describe_rows(new_token_ids, "; ".join(how))
     lora = LoraConfig(
         task_type=TaskType.SEQ_2_SEQ_LM,
         r=rank,
@@ -482,6 +481,18 @@ def load_model(exp: ExperimentConfig, model_path: str, tokenizer, settings: Effe
         trainable_token_indices=token_targets or None,
     )
     model = get_peft_model(model, lora)
+    # Record the rows peft really made trainable, not the ones asked for: it skips a layer it takes for tied
+    # (it trusts config.tie_word_embeddings), and such a head's added rows would silently never train.
+    from peft.utils.other import TrainableTokensWrapper
+
+    wrapped = {name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, TrainableTokensWrapper)}
+    trained = [t for t in token_targets if t in wrapped]
+    skipped = [t for t in token_targets if t not in wrapped]
+    if skipped:
+        settings.notes.append(f"peft left the added tokens' rows of {'+'.join(skipped)} untrained")
+    how = ([f"rows trained in {'+'.join(trained)}"] if trained else []) + (
+        [f"LoRA on {'+'.join(adapted)}"] if adapted else []) + ([f"untrained in {'+'.join(skipped)}"] if skipped else [])
+    settings.token_rows = _describe_rows(new_token_ids, "; ".join(how))
     return model
 
 
