@@ -64,6 +64,10 @@ def _sentencepiece_like(kind: str, specials: list[str], texts: Iterable[str], vo
     tok.pre_tokenizer = pre_tokenizers.Metaspace(prepend_scheme="first")
     tok.decoder = decoders.Metaspace(prepend_scheme="first")
     tok.train_from_iterator((_TAG.sub(" ", t) for t in texts), trainer=trainer)
+    if kind == "unigram":  # the same ids on every run (the trainer's order and last digits vary)
+        from trainables.models import canonical_unigram
+
+        canonical_unigram(tok, specials)
     for i, s in enumerate(specials):
         assert tok.token_to_id(s) == i, (s, tok.token_to_id(s), i)
     return tok

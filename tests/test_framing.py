@@ -220,12 +220,12 @@ def test_added_rows_of_an_untied_head_are_saved_reloaded_and_exported(foreign, c
     from trainables.predict import load_for_inference
 
     exp = small_exp(configs, CONFIG_FOR["mt5"])
-    assert not {"embed_tokens", "shared", "lm_head"} & set(exp["qlora"]["target_modules"])
+    assert not {"embed_tokens", "shared", "lm_head"} & set(exp.qlora.target_modules)
     env = Environment(cuda=False, bf16_supported=False, device_name="cpu", unsloth_installed=False,
                       bitsandbytes_installed=True)
     settings = decide_settings(exp, env, "foreign")
-    tokenizer = load_tokenizer(foreign["mt5"], exp["tokenizer"]["special_tokens"])
-    new = project_token_ids(tokenizer, exp["tokenizer"]["special_tokens"])
+    tokenizer = load_tokenizer(foreign["mt5"], exp.tokenizer.special_tokens)
+    new = project_token_ids(tokenizer, exp.tokenizer.special_tokens)
     base = AutoModelForSeq2SeqLM.from_pretrained(foreign["mt5"])
     rows = base.get_input_embeddings().num_embeddings
     assert new and max(new) < rows  # inside the spare rows: no resize
@@ -242,7 +242,7 @@ def test_added_rows_of_an_untied_head_are_saved_reloaded_and_exported(foreign, c
     saved = load_file(checkpoint / "adapter_model.safetensors")
     assert any("lm_head.token_adapter" in k for k in saved), sorted(k for k in saved if "lora" not in k)
     meta = {"experiment": exp, "model_path": foreign["mt5"], "settings": settings.as_metrics()}
-    (checkpoint / "trial_meta.json").write_text(json.dumps(meta))
+    (checkpoint / "trial_meta.json").write_text(json.dumps({**meta, "experiment": exp.model_dump()}))
 
     predicted, _ = load_for_inference(checkpoint, meta)  # predict's rebuild, merged here to read the rows
     merged, _ = merged_model(checkpoint, meta, "fp32")  # export's
@@ -303,38 +303,55 @@ def small_exp(configs, name: str, **qlora) -> ExperimentConfig:
     return exp
 
 
-# Known open findings (issue 18 stays open for them), measured on 2026-11-25 in three runs each:
-# - mT5 layout: the bound (6 of 8 dev rows stop before max_length after 2 epochs of the tiny model) held in 2 of 3
-#   runs; one run had 5 of 8. Not reliably met; no bound was tuned to pass.
-# - "both" layout (labels begin with <s>): every row stops early, but the tiny model emits a run of <s> first and the
-#   decoded summaries are empty: a model that never learned past the start, or a framing gap for this layout; not
-#   traced yet.
-STOP_FINDINGS = {
-    "mt5": "tiny mT5 stopped early on >= 6 of 8 rows in 2 of 3 runs, 5 of 8 in one; open finding of issue 18",
-    "both": "labels starting with <s>: the tiny model emits <s> runs and decodes to empty text; open finding of issue 18",
-}
+# What the tiny models learn here, measured 2026-11-26 (deterministic: the mT5 layout's Unigram tokenizer is
+# canonical now, models.canonical_unigram; before, its ids changed on every build, and so did the trained model:
+# that was the "6 of 8 in 2 of 3 runs" flakiness):
+# - p(EOS) where each dev summary ends, teacher-forced: BART layouts ~0.95 on every row; mT5 0.03-0.82, mean ~0.4.
+#   Labels without EOS would give ~0 (EOS is never a target).
+# - greedy decoding stops before max_length: BART layouts 8 of 8; mT5 4 of 8 (2 and 3 epochs alike): the other
+#   rows fall into repetition loops ("이번 주 금요일 이번 주 금요일 ..."), which the mT5 config's generation settings
+#   (no no_repeat_ngram_size) don't break. That is the tiny model's decoding, not the labels: the teacher-forced
+#   check above is the claim, this bound (3 of 8 for mT5) only that generation does use what was learned.
+# - The "both" layout (labels <s> … </s>, decoder start </s>, forced <s>: facebook/bart's own convention) had
+#   decoded to empty text: with the old recipe (20 steps at 3e-3) NO layout learned (eval loss 6.0, p(EOS) 0.004
+#   everywhere, one output for every input); the <s> runs were that model's most frequent early label token, and
+#   KoBART's "8 of 8 stop" was chance. 80 steps at 1e-2: eval loss ~3.2, one <s>, text, then EOS.
+MIN_STOPS = {"kobart": 6, "both": 6, "mt5": 3}
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("layout", [
-    pytest.param(layout, marks=pytest.mark.xfail(reason=STOP_FINDINGS[layout], strict=False))
-    if layout in STOP_FINDINGS else layout for layout in LAYOUTS])
+@pytest.mark.parametrize("layout", LAYOUTS)
 def test_a_trained_model_stops_before_max_length(foreign, configs, sample_data, tmp_path, layout):
-    """Full fine-tuning of the tiny random model for 2 epochs (LoRA on a random base barely moves): labels cut at
-    16 tokens end with EOS, so the model learns to stop; without EOS in its labels it runs to max_length (32)."""
+    """Full fine-tuning of the tiny random model, 80 optimizer steps (LoRA on a random base barely moves): labels
+    cut at 16 tokens end with EOS, so the model learns to close a summary and its predictions stop before
+    max_length (32); without EOS in its labels nothing would teach it to."""
     import torch
+    from transformers import DataCollatorForSeq2Seq
 
     from trainables.predict import load_for_inference, read_meta
 
     exp = small_exp(configs, CONFIG_FOR[layout], use_qlora=False)
-    if layout == "mt5":  # T5's relative positions learn where to stop more slowly: more, smaller updates
-        set_fields(exp.training, per_device_train_batch_size=4, gradient_accumulation_steps=1, learning_rate=1e-2)
+    # 2 epochs of 160 rows, 4 a step in 2 micro-batches: 80 steps, enough for every layout to learn (see above)
+    set_fields(exp.training, per_device_train_batch_size=2, gradient_accumulation_steps=2, learning_rate=1e-2)
     final = trial(exp, foreign[layout], sample_data, tmp_path / "ckpt")
     assert final["eff_framing"].startswith(("bart:" if layout != "mt5" else "t5:"))
     model, tokenizer = load_for_inference(tmp_path / "ckpt", read_meta(tmp_path / "ckpt"))  # predict's path
+    model.eval()
     framing = probe_framing(tokenizer, model.config)
     framing.apply_to(model)
     dev = read_split(sample_data, "dev").frame
+
+    # What the labels taught: after each dev summary (teacher-forced), EOS is likely; inside it, it is not.
+    data = tokenize_split(dev, tokenizer, exp.tokenizer.input_prefix, 64, 16, framing)
+    batch = DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=-100)([data[i] for i in range(len(dev))])
+    with torch.no_grad():
+        p_eos = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                      decoder_input_ids=batch["decoder_input_ids"]).logits.softmax(-1)[..., framing.eos_id]
+    ends = [int((labels != -100).sum()) - 1 for labels in batch["labels"]]
+    at_end = torch.stack([p[e] for p, e in zip(p_eos, ends)])
+    inside = torch.cat([p[:e] for p, e in zip(p_eos, ends)])
+    assert at_end.mean() > 0.25 and at_end.mean() > 3 * inside.mean(), (at_end, inside.mean())
+
     rows = framing.encode_inputs(tokenizer, dev["dialogue"].tolist(), 64)
     width = max(map(len, rows))
     x = torch.tensor([r + [framing.pad_id] * (width - len(r)) for r in rows])
@@ -344,8 +361,9 @@ def test_a_trained_model_stops_before_max_length(foreign, configs, sample_data, 
                              num_beams=1).tolist()
     # Where EOS first comes, after the start token; forced_eos would put one at max_length - 1 anyway.
     stops = [r.index(framing.eos_id, 1) if framing.eos_id in r[1:] else max_length for r in out]
-    # Measured: BART layouts 8 of 8 stop; mT5 7 of 8 after 2 epochs. Labels without EOS: 0 of 8.
-    assert sum(s < max_length - 1 for s in stops) >= 6, stops
+    assert sum(s < max_length - 1 for s in stops) >= MIN_STOPS[layout], stops
+    if framing.label_bos:  # one BOS (forced) after the start token, then text: no runs of <s>
+        assert all(r[1] == framing.bos_id and r[2] != framing.bos_id for r in out), out
     summaries = framing.decode(tokenizer, out)
     assert all(s.strip() for s in summaries) and not any("</s>" in s or "<pad>" in s for s in summaries), (out, summaries)
 

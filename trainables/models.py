@@ -248,6 +248,28 @@ def _train_tokenizer(arch: str, texts: Iterable[str], vocab_size: int):
     )
 
 
+def canonical_unigram(tok, specials: list[str]) -> None:
+    """Make a freshly trained Unigram tokenizer the same on every run. `tokenizers`' trainer sums its scores in
+    parallel (the last digit varies), orders equal scores as a hash map happens to, and appends the characters it
+    must keep with scores 0.0001 apart in hash order: pieces got other ids and scores each time (measured: 155
+    of 963 ids moved between two builds of the same text). Here the pieces after the special tokens (ids 0.., in
+    `specials` order) are ordered by rounded score, then text; the appended characters by text, rescored."""
+    from tokenizers import models
+
+    model = json.loads(tok.to_str())["model"]
+    vocab = [(piece, round(score, 6)) for piece, score in model["vocab"]]
+    n = len(specials)
+    assert [p for p, _ in vocab[:n]] == list(specials), vocab[:n]
+    tail = len(vocab) - 1  # the appended characters: the run at the end whose scores step down by <= 0.0001
+    while tail > n and vocab[tail - 1][1] - vocab[tail][1] <= 1.5e-4:
+        tail -= 1
+    trained = sorted(vocab[n:tail], key=lambda t: (-t[1], t[0]))
+    top = vocab[tail][1] if tail < len(vocab) else 0.0
+    appended = [(piece, round(top - 1e-4 * k, 6)) for k, (piece, _) in enumerate(sorted(vocab[tail:]))]
+    tok.model = models.Unigram(vocab[:n] + trained + appended, unk_id=model["unk_id"],
+                               byte_fallback=model.get("byte_fallback", False))
+
+
 def _standin_config(arch: str, size: str, tokenizer):
     from transformers import BartConfig, MT5Config, T5Config
 
