@@ -174,6 +174,7 @@ def test_rows_with_empty_text_are_dropped_with_a_count(tmp_path: Path):
     assert "dev.csv: dropped 3 row(s) with an empty or missing dialogue or summary" in proc.stderr
 
 
+@pytest.mark.slow  # a few trainings or CLI runs: ~10 s
 def test_report_predict_resume_on_folders_that_are_not_experiments(tmp_path):
     """A plain folder, or one with our marker but no Tune state (a run killed at once): one-line errors."""
     plain = tmp_path / "plain"

@@ -147,6 +147,7 @@ def test_decoding_strips_the_frame_and_stops_at_eos(foreign, layout):
 # `check` on a local checkpoint, and the stand-ins
 
 
+@pytest.mark.slow  # a few trainings or CLI runs: ~10 s
 def test_check_reports_the_framing_of_a_local_checkpoint(foreign, tmp_path):
     import yaml
 

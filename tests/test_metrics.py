@@ -311,6 +311,7 @@ def test_known_difference_repeated_ngrams(ws):
 # --------------------------------------------------------------- morpheme mode
 
 
+@pytest.mark.slow  # loads the Korean analyzer (~10 s)
 def test_morpheme_identical_is_one(morph):
     text = "#Person1#은 #Person2#에게 내일 병원에 같이 가자고 제안한다."
     assert morph.score([text], [text]) == {
@@ -318,6 +319,7 @@ def test_morpheme_identical_is_one(morph):
     }
 
 
+@pytest.mark.slow  # loads the Korean analyzer (~10 s)
 def test_morpheme_keeps_tags_as_tokens(morph):
     tokens = morph.tokenize("#Person1#은 #Person2#에게 #PhoneNumber#로 전화하라고 했다.")
     assert tokens[:2] == ["#Person1#", "은"]
@@ -345,6 +347,7 @@ def test_morpheme_beats_whitespace_when_particles_differ(morph, ws):
     assert got > 0.3
 
 
+@pytest.mark.slow  # loads the Korean analyzer (~10 s)
 def test_morpheme_batched_analysis_matches_single(morph):
     texts = [
         "#Person1#은 사과를 샀다.",

@@ -314,6 +314,7 @@ def small_trial_exp(configs, **training) -> ExperimentConfig:
     )
 
 
+@pytest.mark.slow  # a few trainings or CLI runs: ~10 s
 def test_injected_oom_backs_off_to_a_fitting_batch(configs, standins, tiny_data):
     exp = small_trial_exp(configs, gradient_accumulation_steps=3)
     reports = []
@@ -348,6 +349,7 @@ def test_trial_reports_effective_settings(configs, standins, tiny_data):
     assert "unsloth off: no CUDA GPU" in reports[-1]["eff_notes"]
 
 
+@pytest.mark.slow  # a few trainings or CLI runs: ~10 s
 def test_one_report_per_evaluation_with_the_train_loss_since_the_last(configs, standins, tiny_data, tmp_path):
     """eval_steps with accumulation, an evaluation falling on the epoch's end, and logging rarer than evaluation
     (the shipped configs' shape): each evaluated step is reported once, each report with a finite train loss; a

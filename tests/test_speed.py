@@ -126,6 +126,7 @@ def _strip(rows, pad):
     return [[t for t in r if t not in (pad, -100)] for r in rows]
 
 
+@pytest.mark.slow  # a few trainings or CLI runs: ~10 s
 def test_fast_evaluation_gives_the_plain_evaluations_results(configs, standins, tiny_data):
     """A 4-bit BART trained one epoch with 2-step accumulation, evaluated the plain way and the fast way (merged
     copy, length-sorted batches of another size): the same predictions in file order, the same scores and loss."""
