@@ -125,6 +125,7 @@ class Probe:
         self.micro: list[tuple[float, int, int, float]] = []  # (time, encoder tokens, label tokens, mean loss)
         self.step_ends: list[tuple[float, int]] = []
         self.misses = 0  # generate() rows whose input matched no dev dialogue (not forced)
+        self.frame_ids: set[int] = set()  # BOS/EOS/pad: left out of the keys, so both sides' framings match
 
     def install(self):
         import torch
@@ -150,7 +151,7 @@ class Probe:
         def generate(model, *a, **kw):
             ids, mask = kw.get("input_ids"), kw.get("attention_mask")
             if ids is not None and probe.lengths:
-                keys = [tuple(r[m.bool()].tolist()) for r, m in zip(ids.cpu(), (mask if mask is not None else ids >= 0).cpu())]
+                keys = [probe.key(r[m.bool()].tolist()) for r, m in zip(ids.cpu(), (mask if mask is not None else ids >= 0).cpu())]
                 lengths = torch.tensor([probe.lengths.get(k, NOT_FORCED) for k in keys])
                 probe.misses += int((lengths == NOT_FORCED).sum())
                 eos = model.generation_config.eos_token_id
@@ -164,6 +165,11 @@ class Probe:
         GenerationMixin.generate = generate
         self.uninstall = lambda: setattr(GenerationMixin, "generate", original)
         return self
+
+    def key(self, ids) -> tuple[int, ...]:
+        """A dialogue's token ids without its frame: the project frames KoBART's inputs `<s> ... </s>` (its
+        tokenizer adds neither), the plain recipe feeds what the tokenizer gives; both must find the same length."""
+        return tuple(t for t in ids if t not in self.frame_ids)
 
     def uninstall(self) -> None:
         """Gives generate() back (install replaces it with the forcing one for the whole process)."""
@@ -532,7 +538,8 @@ def bench_config(cfg, args, probe: Probe) -> dict[str, Any]:
                     return_token_type_ids=False)["input_ids"]
     lab = tokenizer(text_target=list(dev["summary"]), max_length=tk["decoder_max_len"], truncation=True)["input_ids"]
     gen_len = [max(g["min_length"], min(len(x), g["max_length"] - 1)) for x in lab]
-    probe.lengths = {tuple(e): n for e, n in zip(enc, gen_len)}
+    probe.frame_ids = {i for i in (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id) if i is not None}
+    probe.lengths = {probe.key(e): n for e, n in zip(enc, gen_len)}
     rng = random.Random(1)
     base_n = min(args.dev_rows, t["per_device_eval_batch_size"] * args.baseline_eval_batches)
     base_rows = sorted(rng.sample(range(args.dev_rows), base_n))
@@ -554,6 +561,7 @@ def bench_config(cfg, args, probe: Probe) -> dict[str, Any]:
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
         started = time.perf_counter()
+        probe.misses = 0
         try:
             if side == "baseline":
                 r = baseline(exp, model_path, data_dir, settings.precision, base_rows, probe, profile_dir)
@@ -566,6 +574,7 @@ def bench_config(cfg, args, probe: Probe) -> dict[str, Any]:
             if cuda:
                 torch.cuda.set_per_process_memory_fraction(1.0, 0)  # undo the project's cap for the next run
         r["wall_s"] = round(time.perf_counter() - started, 1)
+        r["unforced_generation_rows"] = probe.misses  # rows generated without a forced length: should be 0
         if cuda:
             r["peak_gpu_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
         eval_idx = base_rows if side == "baseline" else list(range(args.dev_rows))

@@ -24,6 +24,7 @@ def test_side_by_side_dry_run_measures_both_sides(tmp_path):
     for side in ("baseline", "project"):
         r = row[side]
         assert "error" not in r, r.get("error")
+        assert r["unforced_generation_rows"] == 0  # every generated row got its forced length, whatever the framing
         assert r["train_tok_s"] > 0 and r["train_steps_measured"] == 1
         assert r["eval_s_full"] > 0 and r["projection"]["steps"] > 0 and r["projection"]["evaluations"] > 0
     assert row["project"]["eff"]["eff_speed_enabled"] is True

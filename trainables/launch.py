@@ -362,12 +362,11 @@ def fit_until_done_or_stopped(tuner, experiment_dir: Path | str, metric: str) ->
         print(f"Results are in {experiment_dir}; `report` and `--resume latest` read a local or mounted path "
               f"(`--resume {experiment_dir}` works from any node)", flush=True)
         code = 0
+    elif (problem := not_an_experiment(Path(experiment_dir), experiment_dir)):  # stopped before Tune saved a state
+        print(f"(no summary: {problem})", flush=True)
+        code = 1
     else:
-        try:
-            code = print_results(Path(experiment_dir), metric)
-        except Exception as err:  # a run stopped before its first trial: no results to show
-            print(f"(no summary: {type(err).__name__}: {err})", flush=True)
-            code = 1
+        code = print_results(Path(experiment_dir), metric)  # a failure here is a bug to see, not a summary to skip
     if received or code:
         print(f"Resume with: python tune_main7.py --resume {experiment_dir}", flush=True)
     return 128 + received[0] if received else code
