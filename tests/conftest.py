@@ -71,3 +71,29 @@ def toy_plan(names: list[str], storage_path, name: str, run_extra: dict | None =
     space = {"experiment": tune.grid_search([e.model_dump() for e in experiments]),
              "run": {**run.model_dump(), **(run_extra or {})}}
     return plan, space
+
+
+def trained_like(model, seed: int = 0) -> None:
+    """Stands in for training: every trainable weight moves a little (LoRA's B matrices start at zero, so an
+    untrained adapter would be a no-op and hide a wrong merge or a lost row)."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn(p.shape, generator=gen) * 0.05)
+
+
+def save_trial_checkpoint(model, tokenizer, folder, exp, model_path: str, settings) -> dict:
+    """A checkpoint folder as a trial leaves one (model or adapter, tokenizer, trial_meta.json); returns the meta as
+    predict.read_meta would give it."""
+    import json
+
+    from trainables.layout import TRIAL_META
+
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    meta = {"experiment": exp, "model_path": model_path, "settings": settings.as_metrics()}
+    (folder / TRIAL_META).write_text(json.dumps({**meta, "experiment": exp.model_dump()}))
+    return meta

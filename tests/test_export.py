@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.conftest import ROOT, run_cli, set_fields
+from tests.conftest import ROOT, run_cli, save_trial_checkpoint, set_fields, trained_like
 
 # Runs in a fresh interpreter, outside the repository, importing nothing of the project.
 PLAIN_TRANSFORMERS = textwrap.dedent("""
@@ -264,15 +264,9 @@ def test_merged_model_computes_what_the_checkpoint_computes(config, arch, standi
     tokenizer = load_tokenizer(base, exp.tokenizer.special_tokens)
     torch.manual_seed(0)
     model = load_model(exp, base, tokenizer, settings)
-    with torch.no_grad():  # stands in for training: every trainable weight moves
-        for p in model.parameters():
-            if p.requires_grad:
-                p.add_(torch.randn_like(p) * 0.05)
+    trained_like(model)
     checkpoint = tmp_path / "checkpoint"
-    model.save_pretrained(checkpoint)
-    tokenizer.save_pretrained(checkpoint)
-    meta = {"experiment": exp, "model_path": base, "settings": settings.as_metrics()}
-    (checkpoint / "trial_meta.json").write_text(json.dumps({**meta, "experiment": exp.model_dump()}))
+    meta = save_trial_checkpoint(model, tokenizer, checkpoint, exp, base, settings)
 
     reference, _ = load_for_inference(checkpoint, meta)
     merged, _ = merged_model(checkpoint, meta, "fp32")

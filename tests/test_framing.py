@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, run_cli, set_fields, write_sample
+from tests.conftest import ROOT, run_cli, save_trial_checkpoint, set_fields, trained_like, write_sample
 from tests.foreign_checkpoints import LAYOUTS, build_foreign
 from trainables.config import DEFAULT_SPECIAL_TOKENS, ExperimentConfig, TrialConfig, apply_mode, load_search_space
 from trainables.data import read_split, tokenize_split
@@ -210,7 +210,6 @@ def test_added_rows_of_an_untied_head_are_saved_reloaded_and_exported(foreign, c
     input embeddings AND of the untied output head are trainable, saved in the adapter, reloaded by predict and
     merged by export. transformers 5 says tie_word_embeddings=True on every (m)T5 config, and peft, trusting the
     flag, used to skip lm_head as "tied": its rows never trained, while eff_token_rows said they did."""
-    import json
 
     import torch
     from safetensors.torch import load_file
@@ -233,17 +232,11 @@ def test_added_rows_of_an_untied_head_are_saved_reloaded_and_exported(foreign, c
     torch.manual_seed(0)
     model = load_model(exp, foreign["mt5"], tokenizer, settings)
     assert "rows trained in embed_tokens+lm_head" in settings.token_rows and "untrained" not in settings.token_rows
-    with torch.no_grad():  # stands in for training: every trainable weight moves
-        for p in model.parameters():
-            if p.requires_grad:
-                p.add_(torch.randn_like(p) * 0.05)
+    trained_like(model)
     checkpoint = tmp_path / "checkpoint"
-    model.save_pretrained(checkpoint)
-    tokenizer.save_pretrained(checkpoint)
+    meta = save_trial_checkpoint(model, tokenizer, checkpoint, exp, foreign["mt5"], settings)
     saved = load_file(checkpoint / "adapter_model.safetensors")
     assert any("lm_head.token_adapter" in k for k in saved), sorted(k for k in saved if "lora" not in k)
-    meta = {"experiment": exp, "model_path": foreign["mt5"], "settings": settings.as_metrics()}
-    (checkpoint / "trial_meta.json").write_text(json.dumps({**meta, "experiment": exp.model_dump()}))
 
     predicted, _ = load_for_inference(checkpoint, meta)  # predict's rebuild, merged here to read the rows
     merged, _ = merged_model(checkpoint, meta, "fp32")  # export's

@@ -9,20 +9,12 @@ import math
 import pytest
 import torch
 
+from tests.conftest import trained_like
 from tests.test_models import BART_CONFIG, CPU, build, configs, smoke_exp, standins, tiny_data, trial_config  # noqa: F401
 from trainables import speed
 from trainables.config import ExperimentConfig
 from trainables.models import EffectiveSettings
 from trainables.seq2seq import run_trial
-
-
-def _trained_like(model) -> None:
-    """LoRA's B matrices start at zero (a no-op adapter): move every trainable weight as training would."""
-    gen = torch.Generator().manual_seed(3)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad:
-                p.add_(torch.randn(p.shape, generator=gen) * 0.05)
 
 
 @pytest.mark.parametrize("name, four_bit", [
@@ -34,7 +26,7 @@ def test_merged_copy_generates_what_the_training_model_generates(configs, standi
     exp = smoke_exp(configs, name)
     assert exp.qlora.load_in_4bit == four_bit
     model, tok, _ = build(exp, standins(exp.model.architecture))
-    _trained_like(model)
+    trained_like(model, seed=3)
     model.eval()
     copy_ = speed.merged_copy(model, "fp32")
     assert not any(type(p).__name__ == "Params4bit" for p in copy_.parameters())
@@ -53,7 +45,7 @@ def test_a_wrong_merge_is_caught(configs, standins):
     """The check that guards the fast path fails when the copy lacks the adapter."""
     exp = smoke_exp(configs, BART_CONFIG)
     model, tok, _ = build(exp, standins("bart"))
-    _trained_like(model)
+    trained_like(model, seed=3)
     model.eval()
     copy_ = speed.merged_copy(model, "fp32")
     with torch.no_grad():  # a copy whose output head is off by a factor (a merge gone wrong)
