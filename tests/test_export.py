@@ -126,6 +126,21 @@ def test_export_adapter_only_is_the_adapter_and_tokenizer(smoke_grid, tmp_path):
     assert "adapter only" in (out / "README.md").read_text(encoding="utf-8")
     # the adapter with the base it names reproduces the checkpoint's summaries
     assert _predict_summaries(out, tmp_path / "a.csv") == _predict_summaries(checkpoint, tmp_path / "b.csv")
+    # and its tokenizer alone frames a dialogue as the trial did (KoBART's adds no <s> </s> by itself)
+    from transformers import AutoTokenizer
+
+    from trainables.data import model_inputs, read_split
+    from trainables.framing import probe_framing
+    from trainables.predict import read_meta
+
+    meta = read_meta(checkpoint)
+    trained = AutoTokenizer.from_pretrained(str(checkpoint))
+    framing = probe_framing(trained, meta["model_path"])
+    texts = model_inputs(read_split(ROOT / "data", "dev").frame["dialogue"].head(3).tolist(),
+                         meta["experiment"].tokenizer.input_prefix)
+    exported = AutoTokenizer.from_pretrained(str(out))
+    assert [exported(t, truncation=True)["input_ids"] for t in texts] == \
+        framing.encode_inputs(trained, texts, meta["experiment"].tokenizer.encoder_max_len)
 
 
 def _assert_one_line_error(proc, *words):
@@ -351,7 +366,7 @@ PLAIN_FRAMED = textwrap.dedent("""
 """)
 
 
-def _lora_checkpoint(model_path: str, exp: dict, folder: Path) -> Path:
+def _lora_checkpoint(model_path: str, exp, folder: Path) -> Path:
     """A checkpoint as a trial leaves one: the project's tokenizer (added tokens), the grown base with a LoRA
     adapter (nonzero, so the merge matters) saved by peft, and trial_meta.json."""
     import torch
@@ -423,3 +438,42 @@ def test_exported_tokenizer_and_generation_config_frame_as_the_project_does(fore
     assert recorded_framing(exported_meta) == framing
     model, tokenizer = load_for_inference(out, exported_meta)
     assert generate_summaries(model, tokenizer, dialogues, exp, batch_size=1, framing=recorded_framing(exported_meta)) == predicted
+
+
+@pytest.mark.slow  # builds the KoBART-like foreign folder (tokenizer training) in a fresh session
+def test_adapter_only_export_frames_and_predicts_as_the_checkpoint(foreign, tmp_path):  # noqa: F811
+    """--adapter-only on a KoBART-layout checkpoint (a tokenizer that adds nothing by itself): the folder's tokenizer
+    frames inputs `<s> ... </s>` as the trial did, and predict on the folder gives the checkpoint's summaries."""
+    from types import SimpleNamespace
+
+    from transformers import AutoTokenizer
+
+    from trainables.config import apply_mode, load_search_space
+    from trainables.data import model_inputs, read_split
+    from trainables.export import write_model_folder
+    from trainables.framing import probe_framing
+    from trainables.inference import generate_summaries
+    from trainables.predict import load_for_inference, read_meta, recorded_framing
+
+    exp, _ = apply_mode(load_search_space(ROOT / "search_spaces", [CONFIG_FOR["kobart"]])[0], "smoke")
+    set_fields(exp.generation, max_length=12, min_length=2, num_beams=2)
+    checkpoint = _lora_checkpoint(foreign["kobart"], exp, tmp_path / "checkpoint")
+    out = tmp_path / "adapter"
+    write_model_folder("kobart", SimpleNamespace(trial_id="t0", config={}), checkpoint, {}, out, True, "fp32",
+                       "competition_score")
+    assert not (out / "model.safetensors").exists() and (out / "adapter_model.safetensors").is_file()
+
+    dialogues = read_split(ROOT / "data", "dev").frame["dialogue"].head(3).tolist()
+    texts = model_inputs(dialogues, exp.tokenizer.input_prefix)
+    model, tokenizer = load_for_inference(checkpoint, read_meta(checkpoint))
+    framing = probe_framing(tokenizer, model.config)
+    exported_tokenizer = AutoTokenizer.from_pretrained(str(out))
+    assert [exported_tokenizer(t, truncation=True)["input_ids"] for t in texts] == \
+        framing.encode_inputs(tokenizer, texts, exp.tokenizer.encoder_max_len)
+    assert framing.encode_inputs(tokenizer, texts, 64)[0][0] == tokenizer.bos_token_id  # the frame is there
+    predicted = generate_summaries(model, tokenizer, dialogues, exp, batch_size=1)
+    exported_meta = read_meta(out)
+    assert recorded_framing(exported_meta) == framing
+    model, tokenizer = load_for_inference(out, exported_meta)
+    assert generate_summaries(model, tokenizer, dialogues, exp, batch_size=1, framing=recorded_framing(exported_meta)) \
+        == predicted

@@ -27,8 +27,6 @@ from trainables.inference import generation_kwargs
 from trainables.launch import UsageError
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin")
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
-                   "spiece.model", "sentencepiece.bpe.model", "vocab.json", "merges.txt", "chat_template.jinja")
 
 
 def choose_trials(experiment_dir: Path, metric: str, trial: str | None, all_trials: bool):
@@ -270,31 +268,36 @@ def write_model_folder(name: str, trial, checkpoint: Path, row: dict[str, Any], 
     from trainables.layout import TRIAL_META
 
     meta = read_meta(checkpoint)
-    framing = None
     tmp = _temp_beside(target)
     try:
         if adapter_only:
             if not (checkpoint / "adapter_config.json").exists():
                 raise UsageError(f"--adapter-only: {name} trained without LoRA, so it has no adapter; export it without --adapter-only")
-            for f in (*ADAPTER_FILES, *TOKENIZER_FILES, TRIAL_META):
+            for f in ADAPTER_FILES:
                 if (checkpoint / f).exists():
                     shutil.copy2(checkpoint / f, tmp / f)
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(str(checkpoint))
+            framing = probe_framing(tokenizer, meta["model_path"])  # the base model's config, as the trial probed it
+            settings = meta.get("settings", {})
+            exported = {"from_checkpoint": str(checkpoint), "adapter_only": True}
         else:
             model, tokenizer = merged_model(checkpoint, meta, dtype)
             framing = probe_framing(tokenizer, model.config)  # as predict probes it, before the tokenizer changes
             model.config.prefix = meta["experiment"].tokenizer.input_prefix
             model.generation_config = generation_settings(meta["experiment"], model, framing)
             model.save_pretrained(tmp)
-            tokenizer.model_max_length = meta["experiment"].tokenizer.encoder_max_len  # truncation=True cuts here, as in training
-            frame_tokenizer(tokenizer, framing)
-            tokenizer.save_pretrained(tmp)
             settings = {**meta.get("settings", {}), "eff_lora": False, "eff_load_in_4bit": False}
             exported = {"from_checkpoint": str(checkpoint), "dtype": dtype, "merged": True,
-                        "trained_in_4bit": bool(meta.get("settings", {}).get("eff_load_in_4bit")),
-                        "framing": dataclasses.asdict(framing)}  # predict reads it (trainables.predict.recorded_framing)
-            (tmp / TRIAL_META).write_text(json.dumps({**meta, "experiment": meta["experiment"].model_dump(),
-                                                      "settings": settings, "export": exported},
-                                                     ensure_ascii=False, indent=1))
+                        "trained_in_4bit": bool(meta.get("settings", {}).get("eff_load_in_4bit"))}
+        tokenizer.model_max_length = meta["experiment"].tokenizer.encoder_max_len  # truncation=True cuts here, as in training
+        frame_tokenizer(tokenizer, framing)  # plain tokenizer(text) frames inputs as training did
+        tokenizer.save_pretrained(tmp)
+        exported["framing"] = dataclasses.asdict(framing)  # predict reads it (trainables.predict.recorded_framing)
+        (tmp / TRIAL_META).write_text(json.dumps({**meta, "experiment": meta["experiment"].model_dump(),
+                                                  "settings": settings, "export": exported},
+                                                 ensure_ascii=False, indent=1))
         (tmp / "README.md").write_text(
             _model_card(name, meta, row, trial, checkpoint, dtype, adapter_only, metric, framing), encoding="utf-8")
         _finish(tmp, target)
