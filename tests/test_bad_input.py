@@ -197,3 +197,38 @@ def test_predict_with_an_unreadable_trial_meta(tmp_path):
     (checkpoint / "trial_meta.json").write_text("{truncated")
     proc = run_cli("predict", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "s.csv"), timeout=120)
     assert proc.returncode == 2 and "unreadable" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+
+
+def test_an_architecture_that_is_not_the_checkpoints_family_is_refused_before_anything_starts(tmp_path):
+    """model.architecture t5 on a BART folder would decide LoRA targets, precision and framing for the wrong model;
+    found by reading the folder's config.json, before Ray starts or a weight loads."""
+    import json
+
+    import yaml
+
+    folder = tmp_path / "bart-model"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "bart"}))
+    spaces = tmp_path / "spaces"
+    spaces.mkdir()
+    cfg = yaml.safe_load((ROOT / "search_spaces" / "02_eenzeenee_t5_rtx3090.yaml").read_text(encoding="utf-8"))
+    cfg["model"]["checkpoint"] = str(folder)
+    (spaces / "t5_on_bart.yaml").write_text(yaml.safe_dump(cfg, allow_unicode=True), encoding="utf-8")
+    proc = run_cli("check", "--mode", "full", "--search-space", str(spaces), timeout=120)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "is a bart model, but model.architecture says t5" in lines[0], proc.stderr
+    assert "set model.architecture to bart" in lines[0]
+    cfg["model"]["architecture"] = "bart"  # the same folder under its own family passes this check
+    cfg["qlora"]["target_modules"] = ["q_proj", "v_proj"]
+    (spaces / "t5_on_bart.yaml").write_text(yaml.safe_dump(cfg, allow_unicode=True), encoding="utf-8")
+    proc = run_cli("check", "--mode", "full", "--search-space", str(spaces), timeout=120)
+    assert "model.architecture says" not in proc.stderr, proc.stderr
+
+
+def test_mt5_and_t5_are_one_family_for_the_architecture_check():
+    from trainables.models import architecture_problem
+
+    assert architecture_problem("mt5", "t5", "x") is None and architecture_problem("t5", "mt5", "x") is None
+    assert architecture_problem("bart", "bart", "x") is None and architecture_problem("bart", None, "x") is None
+    assert "is a mt5 model" in architecture_problem("bart", "mt5", "x")

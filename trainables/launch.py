@@ -96,9 +96,11 @@ def check_inputs(args, prepared=None) -> tuple[list[ExperimentConfig], list[str]
     if not (Path(args.data_dir) / "test.csv").exists():
         warnings.append(f"{Path(args.data_dir) / 'test.csv'} not found: training runs, `predict` will need it")
     if args.mode != "smoke":  # stand-ins replace the checkpoints in smoke mode
-        from trainables.models import checkpoint_problem
+        from trainables.models import checkpoint_problem, folder_architecture_problem
 
-        problems = [f"{e.name}: {p}" for e in experiments if (p := checkpoint_problem(e.model.checkpoint))]
+        problems = [f"{e.name}: {p}" for e in experiments
+                    if (p := checkpoint_problem(e.model.checkpoint)
+                        or folder_architecture_problem(e.model.checkpoint, e.model.architecture))]
         if problems:
             raise ConfigError("; ".join(problems))
     return experiments, warnings, mode_changes

@@ -52,6 +52,38 @@ class ModelUnavailable(UserError):
     """The config's checkpoint can't be had here (no hub access, not cached, not a folder)."""
 
 
+class WrongArchitecture(UserError):
+    """The config's model.architecture is not the family of the checkpoint it names."""
+
+
+def architecture_problem(architecture: str, model_type: str | None, checkpoint: str) -> str | None:
+    """Why a checkpoint of `model_type` (its config.json) can't run as `architecture`, or None. T5 and mT5 are one
+    family here (the same layers and LoRA names); BART against either is not: LoRA targets, precision and framing
+    would all be decided for the wrong model."""
+    if model_type is None:
+        return None
+    family = {"mt5": "t5"}.get(architecture, architecture)
+    found = {"mt5": "t5"}.get(model_type, model_type)
+    if found == family:
+        return None
+    return (f"model.checkpoint {checkpoint} is a {model_type} model, but model.architecture says {architecture}; "
+            f"set model.architecture to {model_type if model_type in ('t5', 'mt5', 'bart') else 'its family'}, "
+            "or point model.checkpoint at a model of that family")
+
+
+def folder_architecture_problem(checkpoint: str, architecture: str) -> str | None:
+    """architecture_problem for a checkpoint folder on disk, from its config.json (no weights loaded); a hub id
+    is checked when the trial loads it."""
+    config = Path(checkpoint).expanduser() / "config.json"
+    if not config.is_file():
+        return None
+    try:
+        model_type = json.loads(config.read_text(encoding="utf-8")).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        return None  # an unreadable config.json fails with its own message when the model loads
+    return architecture_problem(architecture, model_type, checkpoint)
+
+
 # ---------------------------------------------------------------------------------------------------
 # The machine, and the settings that follow from it
 
@@ -465,11 +497,12 @@ def load_model(exp: ExperimentConfig, model_path: str, tokenizer, settings: Effe
     import torch
     from transformers import AutoModelForSeq2SeqLM
 
-    q, t = exp.qlora, exp.training
-    kwargs: dict[str, Any] = {}
-    if settings.load_in_4bit:
-        kwargs = quantized_loading(q, settings.precision, settings.device)
+    t = exp.training
+    kwargs = quantized_loading(exp.qlora, settings.precision, settings.device) if settings.load_in_4bit else {}
     model = AutoModelForSeq2SeqLM.from_pretrained(model_path, dtype=torch.float32, **kwargs)
+    problem = architecture_problem(exp.model.architecture, getattr(model.config, "model_type", None), model_path)
+    if problem:
+        raise WrongArchitecture(problem)
     grow_vocabulary(model, tokenizer, t.seed)
     new_token_ids = project_token_ids(tokenizer, exp.tokenizer.special_tokens)
 
@@ -484,6 +517,11 @@ def load_model(exp: ExperimentConfig, model_path: str, tokenizer, settings: Effe
     if not settings.lora:
         settings.token_rows = _describe_rows(new_token_ids, "full fine-tuning trains every row")
         return model
+    return _with_lora(model, exp.qlora, new_token_ids, settings)
+
+
+def _with_lora(model, q: QLoraSection, new_token_ids: list[int], settings: EffectiveSettings):
+    """The LoRA adapter on the config's targets, plus the added tokens' rows trained; records which rows train."""
     from peft import LoraConfig, TaskType, get_peft_model
 
     targets = resolve_lora_targets(model, q.target_modules, settings.notes)
