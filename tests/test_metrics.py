@@ -337,6 +337,7 @@ def _f1_multiset(pred: list[str], ref: list[str]) -> float:
     return 2 * p * r / (p + r)
 
 
+@pytest.mark.slow  # loads the Korean analyzer (~10 s)
 def test_morpheme_beats_whitespace_when_particles_differ(morph, ws):
     pred, ref = "사과를 먹었다", "사과가 맛있다"
     assert ws.score([pred], [ref])["rouge1"] == 0.0  # no whitespace token in common
