@@ -126,6 +126,7 @@ class Probe:
         self.step_ends: list[tuple[float, int]] = []
         self.misses = 0  # generate() rows whose input matched no dev dialogue (not forced)
         self.frame_ids: set[int] = set()  # BOS/EOS/pad: left out of the keys, so both sides' framings match
+        self.original_generate = None  # transformers' own generate(), while install() has replaced it
 
     def install(self):
         import torch
@@ -163,7 +164,7 @@ class Probe:
             return original(model, *a, **kw)
 
         GenerationMixin.generate = generate
-        self.uninstall = lambda: setattr(GenerationMixin, "generate", original)
+        self.original_generate = original
         return self
 
     def key(self, ids) -> tuple[int, ...]:
@@ -173,6 +174,10 @@ class Probe:
 
     def uninstall(self) -> None:
         """Gives generate() back (install replaces it with the forcing one for the whole process)."""
+        from transformers.generation.utils import GenerationMixin
+
+        if self.original_generate is not None:
+            GenerationMixin.generate, self.original_generate = self.original_generate, None
 
     def watch(self, model):
         """A forward hook on the transformers model: tokens and mean loss of each training micro-batch."""

@@ -299,7 +299,9 @@ def write_model_folder(name: str, trial, checkpoint: Path, row: dict[str, Any], 
                                                   "settings": settings, "export": exported},
                                                  ensure_ascii=False, indent=1))
         (tmp / "README.md").write_text(
-            _model_card(name, meta, row, trial, checkpoint, dtype, adapter_only, metric, framing), encoding="utf-8")
+            # the card's framing line also vouches for generation_config.json, which an adapter-only folder lacks
+            _model_card(name, meta, row, trial, checkpoint, dtype, adapter_only, metric, None if adapter_only else framing),
+            encoding="utf-8")
         _finish(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -259,7 +259,7 @@ def _one_line(message: str) -> str:
 
 def sampled_experiment(raw: dict[str, Any], path: Path, mode: str, searched: list[Dimension]):
     """Validate one sampled config like a fixed one and apply the mode to its fixed values; return
-    (the config as it will run, what the mode changed, warnings)."""
+    (the config as written, the config as the mode runs it, what the mode changed, warnings)."""
     cfg = validate_experiment(raw, path)
     errors, warnings = static_problems(cfg)
     if errors:
