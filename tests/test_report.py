@@ -174,3 +174,21 @@ def test_wandb_offline_runs_land_in_the_experiment(standin_cache, tmp_path, monk
     blob = b"".join(p.read_bytes() for p in runs[0].rglob("*") if p.is_file())
     assert b"01_baseline_kobart_rtx3090" in blob and b"dialogue-summarization-tune" in blob
     assert "api_key" not in (proc.stdout + proc.stderr).lower()
+
+
+def test_a_kept_checkpoint_tied_with_the_best_evaluation_is_the_best_without_a_note(tmp_path):
+    """Tune keeps one of two equal scores (num_to_keep=1 keeps the later); that kept one is the best checkpoint, and
+    nothing claims the run kept its checkpoints by another metric. Seen on a clean-clone smoke run: 25.87 at epochs
+    2.84 and 3, checkpoint_000007 deleted, and a note saying it was not kept."""
+    from trainables.report import kept_checkpoint
+
+    for name in ("checkpoint_000008", "checkpoint_000009"):
+        (tmp_path / name).mkdir()
+    results = [{"epoch": 2.84, "competition_score": 25.87, "checkpoint_dir_name": "checkpoint_000007"},
+               {"epoch": 3.0, "competition_score": 25.87, "checkpoint_dir_name": "checkpoint_000008"},
+               {"epoch": 3.2, "competition_score": 20.0, "checkpoint_dir_name": "checkpoint_000009"}]
+    assert kept_checkpoint(tmp_path, results, "competition_score") == (str(tmp_path / "checkpoint_000008"), None)
+    # a best evaluation without a kept twin still says so, and picks the best that is kept
+    results[1]["competition_score"] = 24.0
+    checkpoint, note = kept_checkpoint(tmp_path, results, "competition_score")
+    assert checkpoint == str(tmp_path / "checkpoint_000008") and "checkpoint_000007) was not kept" in note

@@ -342,13 +342,14 @@ def run_grid(args, plan: GridPlan | None = None, make_tuner=None) -> int:
     print(f"Experiment {plan.name}: {what}, mode {plan.run.mode}, {shares if plan.use_gpu else '1 CPU'} per trial, "
           f"up to {plan.max_concurrent} at once\n"
           f"Results: {experiment_dir}", flush=True)
-    return fit_until_done_or_stopped((make_tuner or build_tuner)(plan), experiment_dir, plan.metric)
+    return fit_until_done_or_stopped((make_tuner or build_tuner)(plan), experiment_dir)  # the marker's metric
 
 
-def fit_until_done_or_stopped(tuner, experiment_dir: Path | str, metric: str) -> int:
+def fit_until_done_or_stopped(tuner, experiment_dir: Path | str, metric: str | None = None) -> int:
     """Tuner.fit() with Ctrl-C, SIGTERM and SIGHUP all meaning "stop gracefully": Tune stops the trials and saves
     the experiment state, the summary is written, and the console says how to resume. Exit code: 0 when every
-    trial finished, 1 when some did not, 128 + the signal's number when stopped (130 Ctrl-C, 143 SIGTERM, 129 SIGHUP)."""
+    trial finished, 1 when some did not, 128 + the signal's number when stopped (130 Ctrl-C, 143 SIGTERM, 129 SIGHUP).
+    The summary ranks by `metric`, None: the one the experiment ran with (its marker)."""
     from trainables.summaries import print_results
 
     received = stop_on_signals()
@@ -439,8 +440,7 @@ def resume_grid(args) -> int:
             raise UsageError(problem)
     print(f"Resuming {target}", flush=True)
     start_ray(args, marker["mode"], marker["use_gpu"])
-    return fit_until_done_or_stopped(restore_tuner(target, marker), target,
-                                     getattr(args, "metric", None) or marker.get("metric", "competition_score"))
+    return fit_until_done_or_stopped(restore_tuner(target, marker), target, getattr(args, "metric", None))
 
 
 def not_an_experiment(target: Path | None, asked: object) -> str | None:

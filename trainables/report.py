@@ -149,7 +149,9 @@ def kept_checkpoint(trial_dir: Path, results: list[dict[str, Any]], metric: str)
     if not scored:
         return None, None
     pick = min if mode_of(metric) == "min" else max
-    best = pick(scored, key=lambda r: number(r[metric]))
+    best_value = pick(number(r[metric]) for r in scored)
+    best_rows = [r for r in scored if number(r[metric]) == best_value]  # Tune keeps one of equal scores
+    best = next((r for r in reversed(best_rows) if r["checkpoint_dir_name"] in kept), best_rows[0])
     if best["checkpoint_dir_name"] in kept:
         return str(kept[best["checkpoint_dir_name"]]), None
     on_disk = [r for r in scored if r["checkpoint_dir_name"] in kept]
