@@ -303,7 +303,8 @@ def baseline(exp: dict, model_path: str, data_dir: Path, precision: str, eval_ro
         ids = np.where(pred.predictions < 0, tokenizer.pad_token_id, pred.predictions)
         decoded = [clean_summary(x, list(tokenizer.all_special_tokens)) for x in tokenizer.batch_decode(ids, skip_special_tokens=True)]
         predictions[:] = decoded
-        return scorer.score(decoded, [clean_summary(s) for s in dev_frame["summary"]])
+        refs = dev_frame["summary"][: len(decoded)]  # the profile evaluates only the first batch of these rows
+        return scorer.score(decoded, [clean_summary(s) for s in refs])
 
     args = Seq2SeqTrainingArguments(
         output_dir=tempfile.mkdtemp(prefix="baseline-"), per_device_train_batch_size=t["per_device_train_batch_size"],
@@ -569,7 +570,9 @@ def bench_config(cfg, args, probe: Probe) -> dict[str, Any]:
         probe.misses = 0
         try:
             if side == "baseline":
-                r = baseline(exp, model_path, data_dir, settings.precision, base_rows, probe, profile_dir)
+                with _baseline_attention(args.baseline_no_cudnn):
+                    r = baseline(exp, model_path, data_dir, settings.precision, base_rows, probe, profile_dir)
+                r["sdpa"] = "no cuDNN (--baseline-no-cudnn)" if args.baseline_no_cudnn else "torch default"
             else:
                 r = project(exp, model_path, data_dir, list(range(args.dev_rows)), probe, arch, size, profile_dir)
         except Exception as err:  # noqa: BLE001 - a failed side is a result too
@@ -608,6 +611,18 @@ def bench_config(cfg, args, probe: Probe) -> dict[str, Any]:
     for side in ("baseline", "project"):
         rows[side].pop("predictions", None)
     return rows
+
+
+def _baseline_attention(no_cudnn: bool):
+    """The plain recipe runs torch's default attention kernels; --baseline-no-cudnn gives it the project's one switch
+    (SDPA without cuDNN) to show how much of the gap that switch alone explains."""
+    import contextlib
+
+    if not no_cudnn:
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
 
 
 def table(results: list[dict[str, Any]]) -> str:
@@ -650,6 +665,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="summary tokens: normal mean,sd,min,max (default 58,12,30,110)")
     p.add_argument("--profile", nargs="*", default=[], metavar="NAME", help="torch-profile these configs' steps and evaluations")
     p.add_argument("--plain-project", action="store_true", help="run the project side with `speed: off` too")
+    p.add_argument("--baseline-no-cudnn", action="store_true",
+                   help="run the plain recipe with SDPA's cuDNN backend off (the project's no_cudnn_attention), for comparison")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "side_by_side_out"))
     p.add_argument("--cache-dir", default=BENCH_CACHE)
     p.add_argument("--search-space", default=str(ROOT / "search_spaces"))

@@ -84,6 +84,22 @@ def test_larger_micro_batch_keeps_the_effective_batch_and_steps_back(configs, bs
     assert s.as_metrics()["eff_speed_configured_batch"] == f"{bs}x{accum}"
 
 
+def test_attention_leaves_cudnn_out_on_a_gpu_and_restores_the_flags(configs):
+    import torch
+
+    before = torch.backends.cuda.cudnn_sdp_enabled()
+    p = speed.plan(smoke_exp(configs, BART_CONFIG), _settings(8, 3), cuda=True)
+    with speed.attention_backends(p):
+        assert not torch.backends.cuda.cudnn_sdp_enabled()
+        assert torch.backends.cuda.flash_sdp_enabled() and torch.backends.cuda.mem_efficient_sdp_enabled()
+    assert torch.backends.cuda.cudnn_sdp_enabled() == before  # a benchmark's next run in this process is unaffected
+    assert p.as_metrics()["eff_speed_sdpa_backends"] == "flash, efficient, math (no cuDNN)"
+    cpu = speed.plan(smoke_exp(configs, BART_CONFIG), _settings(8, 3), cuda=False)
+    with speed.attention_backends(cpu):
+        assert torch.backends.cuda.cudnn_sdp_enabled() == before  # nothing to change without a GPU
+    assert cpu.sdpa_backends == "torch default"
+
+
 def test_speed_off_is_the_plain_path(configs):
     raw = json.loads(configs[BART_CONFIG].model_dump_json())
     raw["speed"] = False  # what `speed: off` in YAML parses to
@@ -91,9 +107,12 @@ def test_speed_off_is_the_plain_path(configs):
     assert exp.speed.enabled is False
     s = _settings(8, 3)
     p = speed.plan(exp, s, cuda=True)
-    assert not (p.fast_eval or p.micro_batch or p.tf32)
+    assert not (p.fast_eval or p.micro_batch or p.tf32 or p.no_cudnn_attention)
     assert (s.train_batch_size, s.gradient_accumulation_steps) == (8, 3)
     assert speed.training_kwargs(p) == {}
+    with speed.attention_backends(p):
+        pass
+    assert p.sdpa_backends == "torch default"
     assert s.as_metrics()["eff_speed_enabled"] is False
 
 

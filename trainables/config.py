@@ -144,6 +144,9 @@ class SpeedSection(_Section):
     fast_eval: bool = True  # generate from a merged half-precision copy, longest dialogues first, larger batches
     micro_batch: bool = True  # larger micro-batch, less accumulation, same effective batch (GPU only)
     tf32: bool = True
+    # PyTorch's attention (SDPA) without its cuDNN backend: on an H100 (torch 2.11) cuDNN attention spent ~7 ms of
+    # CPU per call setting up each new shape, most of a training step and of every decoding step (BENCHMARKS.md)
+    no_cudnn_attention: bool = True
     memory_gib: float = Field(default=20.0, gt=0)  # GPU memory cap per trial while speed-ups are on
     max_eval_rows: int = Field(default=256, gt=0)  # most dialogues per generation batch
 

@@ -69,7 +69,8 @@ def run_trial(trial: TrialConfig, report: Report, resume_from: str | None = None
             del trainer
 
     try:
-        result, settings = retry_on_oom(train_once, settings, speed_plan, output_dir, resume_from, exp.name)
+        with speed.attention_backends(speed_plan):
+            result, settings = retry_on_oom(train_once, settings, speed_plan, output_dir, resume_from, exp.name)
         return {"train_runtime": result.metrics.get("train_runtime"), **settings.as_metrics(), **placement}
     finally:
         telemetry.stop()

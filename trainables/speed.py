@@ -19,6 +19,9 @@ batch, beams, lengths, evaluation cadence, early stopping):
   the accumulation divides), under a per-process GPU memory cap (`memory_gib`) so that a batch that would not
   fit a 24 GB card falls back, step by step, to the configured one.
 - `tf32` matmuls for what still runs in fp32.
+- `no_cudnn_attention`: scaled-dot-product attention may use flash, memory-efficient or math kernels, not cuDNN's.
+  With torch 2.11 on an H100, SDPA picked cuDNN for bf16/fp16 and each call spent ~7 ms of CPU building a graph for
+  the new shape (every batch in training, every decoding step in generation): 70-80% of the CPU time of a step.
 
 `speed: off` in an experiment's YAML (or `speed: {enabled: false}`) gives the plain path. Every decision is
 reported with the trial's results as `eff_speed_*`.
@@ -48,6 +51,7 @@ class SpeedPlan:
     fast_eval: bool
     micro_batch: bool
     tf32: bool
+    no_cudnn_attention: bool
     memory_gib: float | None
     max_eval_rows: int
     # filled in as the trial runs
@@ -55,6 +59,7 @@ class SpeedPlan:
     batch_candidates: list[tuple[int, int]] = field(default_factory=list)
     attn_implementation: str = ""
     optimizer: str = ""
+    sdpa_backends: str = ""
     eval_merged: str = ""  # "yes" | why not
     eval_batch_rows: str = ""
     eval_s: float = 0.0
@@ -73,7 +78,8 @@ def plan(exp: "ExperimentConfig", settings, cuda: bool) -> SpeedPlan:
     o = exp.speed
     on = o.enabled
     p = SpeedPlan(enabled=on, fast_eval=on and o.fast_eval, micro_batch=on and o.micro_batch,
-                  tf32=on and o.tf32 and cuda, memory_gib=o.memory_gib if on and cuda else None,
+                  tf32=on and o.tf32 and cuda, no_cudnn_attention=on and o.no_cudnn_attention and cuda,
+                  memory_gib=o.memory_gib if on and cuda else None,
                   max_eval_rows=o.max_eval_rows)
     bs, accum = settings.train_batch_size, settings.gradient_accumulation_steps
     p.configured_batch = (bs, accum)
@@ -123,6 +129,21 @@ def back_off(p: SpeedPlan | None, settings) -> tuple[int, int] | None:
 def training_kwargs(p: SpeedPlan) -> dict[str, Any]:
     """Extra Seq2SeqTrainingArguments."""
     return {"tf32": True} if p.tf32 else {}
+
+
+def attention_backends(p: SpeedPlan):
+    """A context manager for the trial's training and evaluation: SDPA without cuDNN where the plan says so (torch's
+    own choice otherwise); flags restored on exit, so an in-process caller (a benchmark's next run) is unaffected."""
+    import contextlib
+
+    if not p.no_cudnn_attention:
+        p.sdpa_backends = "torch default"
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    backends = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+    p.sdpa_backends = "flash, efficient, math (no cuDNN)"
+    return sdpa_kernel(backends)
 
 
 def record_model(p: SpeedPlan, model, args) -> None:
