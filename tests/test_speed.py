@@ -39,6 +39,13 @@ def test_merged_copy_generates_what_the_training_model_generates(configs, standi
         plain = model.generate(**enc, max_length=12, num_beams=2)
         fast = copy_.generate(**enc, max_length=12, num_beams=2)
     assert torch.equal(plain, fast)
+    # beam search that leaves the cross-attention cache in place (equal across a dialogue's beams): same output
+    cache = speed.beam_cache(4)
+    with torch.no_grad():
+        reordered = copy_.generate(**enc, max_length=12, min_length=10, num_beams=4)
+        kept = copy_.generate(**enc, max_length=12, min_length=10, num_beams=4, past_key_values=cache)
+    assert torch.equal(reordered, kept)
+    assert cache.cross_attention_cache.get_seq_length() == enc["input_ids"].shape[1]  # generate() used our cache
 
 
 def test_a_wrong_merge_is_caught(configs, standins):
