@@ -570,7 +570,9 @@ def bench_config(cfg, args, probe: Probe) -> dict[str, Any]:
         probe.misses = 0
         try:
             if side == "baseline":
-                with _baseline_attention(args.baseline_no_cudnn):
+                from trainables.speed import sdpa_without_cudnn  # the project's one switch, to show its share
+
+                with sdpa_without_cudnn(args.baseline_no_cudnn):
                     r = baseline(exp, model_path, data_dir, settings.precision, base_rows, probe, profile_dir)
                 r["sdpa"] = "no cuDNN (--baseline-no-cudnn)" if args.baseline_no_cudnn else "torch default"
             else:
@@ -611,18 +613,6 @@ def bench_config(cfg, args, probe: Probe) -> dict[str, Any]:
     for side in ("baseline", "project"):
         rows[side].pop("predictions", None)
     return rows
-
-
-def _baseline_attention(no_cudnn: bool):
-    """The plain recipe runs torch's default attention kernels; --baseline-no-cudnn gives it the project's one switch
-    (SDPA without cuDNN) to show how much of the gap that switch alone explains."""
-    import contextlib
-
-    if not no_cudnn:
-        return contextlib.nullcontext()
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
 
 
 def table(results: list[dict[str, Any]]) -> str:

@@ -28,6 +28,7 @@ def generate_summaries(model, tokenizer, dialogues: list[str], exp: ExperimentCo
     import torch
 
     from trainables.framing import probe_framing
+    from trainables.speed import sdpa_without_cudnn
 
     tok, gen = exp.tokenizer, exp.generation
     framing = framing or probe_framing(tokenizer, model.config)
@@ -42,7 +43,8 @@ def generate_summaries(model, tokenizer, dialogues: list[str], exp: ExperimentCo
         width = max(len(r) for r in rows)
         input_ids = torch.tensor([r + [framing.pad_id] * (width - len(r)) for r in rows], device=device)
         attention_mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], device=device)
-        with torch.no_grad():
+        no_cudnn = exp.speed.enabled and exp.speed.no_cudnn_attention and device.type == "cuda"
+        with torch.no_grad(), sdpa_without_cudnn(no_cudnn):  # as the trial's evaluation generated
             ids = model.generate(input_ids=input_ids, attention_mask=attention_mask, **generation_kwargs(gen))
         out += framing.decode(tokenizer, ids)
     return out

@@ -135,16 +135,20 @@ def training_kwargs(p: SpeedPlan) -> dict[str, Any]:
 def attention_backends(p: SpeedPlan):
     """A context manager for the trial's training and evaluation: SDPA without cuDNN where the plan says so (torch's
     own choice otherwise); flags restored on exit, so an in-process caller (a benchmark's next run) is unaffected."""
+    p.sdpa_backends = "flash, efficient, math (no cuDNN)" if p.no_cudnn_attention else "torch default"
+    return sdpa_without_cudnn(p.no_cudnn_attention)
+
+
+def sdpa_without_cudnn(on: bool):
+    """torch's SDPA limited to its flash, memory-efficient and math kernels while the context is open (`on`), else
+    nothing changed. One switch for training, evaluation and predict."""
     import contextlib
 
-    if not p.no_cudnn_attention:
-        p.sdpa_backends = "torch default"
+    if not on:
         return contextlib.nullcontext()
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    backends = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
-    p.sdpa_backends = "flash, efficient, math (no cuDNN)"
-    return sdpa_kernel(backends)
+    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
 
 
 def record_model(p: SpeedPlan, model, args) -> None:
