@@ -83,6 +83,7 @@ def build_tuner(plan: GridPlan, trainable=None, param_space=None, **search_optio
     num_samples, metric, mode); its search_alg limits concurrency itself."""
     from ray import tune
 
+    from trainables.overrun import ReplaceOverrunTrials
     from trainables.summaries import progress_reporter, run_callbacks
 
     return tune.Tuner(
@@ -99,8 +100,9 @@ def build_tuner(plan: GridPlan, trainable=None, param_space=None, **search_optio
         run_config=tune.RunConfig(
             name=plan.name,
             storage_path=storage_location(plan.storage_path),
-            # live summary (and W&B when asked) as trials report; our trial table instead of Ray's default
-            callbacks=run_callbacks(experiment_location(plan), plan.metric, plan.run),
+            # live summary (and W&B when asked) as trials report; our trial table instead of Ray's default; a packed
+            # trial that overran its share retries on a whole GPU
+            callbacks=[*run_callbacks(experiment_location(plan), plan.metric, plan.run), ReplaceOverrunTrials()],
             progress_reporter=progress_reporter(plan.metric, (plan.search or {}).get("dimensions")),
             checkpoint_config=tune.CheckpointConfig(
                 num_to_keep=plan.keep_checkpoints,

@@ -16,7 +16,10 @@ per-call overheads unchanged), which the plan prints.
 Packing: where several trials fit one GPU with headroom, each asks Ray for a fraction of a GPU
 (`gpu_fraction`) and caps its own allocator at its share (`apply_memory_cap`, through
 `torch.cuda.set_per_process_memory_fraction`), so one trial can't starve another; past the cap a trial gets
-the ordinary CUDA OOM, and its batch back-off works as on a small card. Longest trials go first.
+the ordinary CUDA OOM, and its larger-micro-batch back-off steps down to the configured batch as on a small card.
+Out of memory at the configured batch, the trial overran its share: it raises PackedTrialOverrun, and the driver
+(trainables.overrun) has Ray retry it on a whole GPU from its last checkpoint; the retry reads the fraction Ray
+gave it (`granted_gpu_fraction`) and runs uncapped. Longest trials go first.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from trainables.config import ConfigError, ExperimentConfig, Placement
+from trainables.errors import UserError
 
 GIB = 2**30
 CALIBRATION_DIR = Path(__file__).resolve().parent / "calibration"
@@ -62,6 +66,12 @@ CARDS = {
 
 class PlanError(ConfigError):
     """A bad --card / --gpu-memory / calibration file, phrased for the user."""
+
+
+class PackedTrialOverrun(UserError):
+    """A packed trial ran out of GPU memory under its share's cap at its configured batch: the plan underestimated
+    it. Raised inside the trial; the driver's callback (trainables.overrun) finds this class's name in the trial's
+    error and has Ray retry the trial on a whole GPU. Without retries left (--max-failures 0) use --no-pack."""
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -513,10 +523,16 @@ def pack(trials: list[TrialPlan], card_memory_gib: float, enabled: bool = True, 
         f = fractions[t.name]
         if packable and f <= 1.0 - sizes[0] + 1e-9:  # shares the card with at least the smallest other trial
             t.gpu_fraction = round(f, 2)
-            t.memory_cap_gib = round(t.gpu_fraction * card_memory_gib - CONTEXT_GIB, 2)
+            t.memory_cap_gib = cap_for_fraction(t.gpu_fraction, card_memory_gib)
         else:
             t.gpu_fraction, t.memory_cap_gib = 1.0, None
     return packable
+
+
+def cap_for_fraction(fraction: float, card_memory_gib: float) -> float | None:
+    """The allocator cap of a trial holding `fraction` of a card: its share less its CUDA context; None (uncapped)
+    for a whole card."""
+    return None if fraction >= 1.0 else round(fraction * card_memory_gib - CONTEXT_GIB, 2)
 
 
 def longest_first(trials: list[TrialPlan]) -> list[TrialPlan]:
@@ -690,27 +706,67 @@ def trial_resources(config: dict[str, Any], use_gpu: bool = True) -> dict[str, f
     return {"cpu": 1, "gpu": float(placed.get("gpu") or 1)}
 
 
-def apply_memory_cap(placed: Placement | None) -> dict[str, Any]:
-    """Cap this process's CUDA allocator at the trial's planned share; return the eff_* record of the placement.
+def granted_gpu_fraction() -> float | None:
+    """The GPU fraction Ray gave this trial as it runs (after any re-placement: trainables.overrun), or None
+    outside a Tune trial (a benchmark or test calling run_trial directly) and for a CPU trial."""
+    import sys
+    import warnings
 
+    ray = sys.modules.get("ray")  # a Tune trial has imported Ray; anything else needs no Ray import here
+    if ray is None or not ray.is_initialized():
+        return None
+    from ray import tune
+
+    with warnings.catch_warnings():  # outside a trial Tune warns once and returns None
+        warnings.simplefilter("ignore")
+        try:
+            resources = tune.get_context().get_trial_resources()
+        except Exception:  # noqa: BLE001 - no Tune session here
+            return None
+    gpu = float(resources.required_resources.get("GPU", 0.0)) if resources is not None else 0.0
+    return gpu or None
+
+
+def apply_memory_cap(placed: Placement | None, granted: float | None = None) -> dict[str, Any]:
+    """Cap this process's CUDA allocator at the trial's share; return the eff_* record of the placement.
+
+    `granted`: the GPU fraction Ray really gave the trial (granted_gpu_fraction; None: the plan's). Where Ray gave
+    more than the plan (a retry after an overrun), the cap follows Ray's fraction: none for a whole GPU.
     Past the cap an allocation raises the ordinary CUDA OOM, so the batch back-off works as on a smaller card."""
-    eff: dict[str, Any] = {"eff_gpu_fraction": 1.0, "eff_memory_cap_gib": None, "eff_packed": False}
+    eff: dict[str, Any] = {"eff_gpu_fraction": 1.0, "eff_memory_cap_gib": None, "eff_packed": False,
+                           "eff_replaced": False}
     if not placed:
         return eff
-    eff.update(eff_gpu_fraction=placed.gpu, eff_predicted_peak_gib=placed.predicted_peak_gib,
-               eff_predicted_trial_s=placed.predicted_trial_s)
-    cap = placed.memory_cap_gib
-    if not cap:
-        return eff
+    fraction = placed.gpu if granted is None else round(granted, 4)
+    eff.update(eff_gpu_fraction=fraction, eff_predicted_peak_gib=placed.predicted_peak_gib,
+               eff_predicted_trial_s=placed.predicted_trial_s, eff_replaced=fraction > placed.gpu + 1e-9)
     import torch
 
     if not torch.cuda.is_available():
         return eff
     total = torch.cuda.get_device_properties(0).total_memory
-    fraction = min(1.0, cap * GIB / total)
-    torch.cuda.set_per_process_memory_fraction(fraction, 0)
-    eff.update(eff_memory_cap_gib=round(fraction * total / GIB, 2), eff_packed=placed.gpu < 1.0)
+    cap = placed.memory_cap_gib if abs(fraction - placed.gpu) < 1e-9 else cap_for_fraction(fraction, total / GIB)
+    if not cap:
+        return eff
+    share = min(1.0, cap * GIB / total)
+    torch.cuda.set_per_process_memory_fraction(share, 0)
+    eff.update(eff_memory_cap_gib=round(share * total / GIB, 2), eff_packed=fraction < 1.0)
     return eff
+
+
+def replacement_note(placed: Placement, eff: dict[str, Any]) -> str:
+    """The eff_notes line of a trial that Ray re-placed after it overran its packed share."""
+    return (f"re-placed after overrunning its packed share: planned {placed.gpu:g} of the GPU (cap "
+            f"{placed.memory_cap_gib} GiB), ran on {eff['eff_gpu_fraction']:g} (cap {eff['eff_memory_cap_gib']} GiB)")
+
+
+def overrun_error(name: str, eff: dict[str, Any], batch: int, accumulation: int) -> PackedTrialOverrun:
+    """What a packed trial raises when it runs out of memory under its cap at its configured batch."""
+    return PackedTrialOverrun(
+        f"{name}: CUDA out of memory at per-device batch {batch} x {accumulation} accumulation under its packed "
+        f"share's cap of {eff.get('eff_memory_cap_gib')} GiB ({eff.get('eff_gpu_fraction')} of the GPU, predicted peak "
+        f"{eff.get('eff_predicted_peak_gib')} GiB): the trial overran its planned share and will be retried on the "
+        "whole GPU from its last checkpoint (with --max-failures 0 it is not: rerun with --no-pack)")
 
 
 def local_card_cheap() -> tuple[str | None, float | None]:

@@ -70,7 +70,8 @@ def run_trial(trial: TrialConfig, report: Report, resume_from: str | None = None
 
     try:
         with speed.attention_backends(speed_plan):
-            result, settings = retry_on_oom(train_once, settings, speed_plan, output_dir, resume_from, exp.name)
+            result, settings = retry_on_oom(train_once, settings, speed_plan, output_dir, resume_from, exp.name,
+                                            packed=placement if placement["eff_packed"] else None)
         return {"train_runtime": result.metrics.get("train_runtime"), **settings.as_metrics(), **placement}
     finally:
         telemetry.stop()
@@ -81,7 +82,7 @@ def decide_trial_settings(trial: TrialConfig) -> tuple[EffectiveSettings, speed.
     """What this machine will really run (precision, 4-bit, batch), the speed-ups, and the GPU share."""
     import torch
 
-    from trainables.plan import apply_memory_cap
+    from trainables.plan import apply_memory_cap, granted_gpu_fraction, replacement_note
 
     exp, run = trial.experiment, trial.run
     if run.torch_threads:
@@ -89,7 +90,10 @@ def decide_trial_settings(trial: TrialConfig) -> tuple[EffectiveSettings, speed.
     env = Environment(**run.environment) if run.environment else Environment.probe()  # tests: a fake machine
     settings = decide_settings(exp, env, trial.model.model_source)
     speed_plan = speed.plan(exp, settings, cuda=settings.device == "cuda")  # may enlarge the micro-batch
-    placement = apply_memory_cap(trial.placement)  # a packed trial caps its allocator at its share
+    # a packed trial caps its allocator at its share: the one Ray gave it (a whole GPU after an overrun)
+    placement = apply_memory_cap(trial.placement, granted_gpu_fraction())
+    if placement["eff_replaced"]:
+        settings.notes.append(replacement_note(trial.placement, placement))
     speed.apply_memory_cap(speed_plan, placement.get("eff_memory_cap_gib"))  # the tighter of the two caps
     for note in settings.notes:
         log.warning("%s: %s", exp.name, note)
@@ -159,18 +163,26 @@ def build_trainer(trial: TrialConfig, settings: EffectiveSettings, speed_plan, d
 
 
 def retry_on_oom(train_once, settings: EffectiveSettings, speed_plan, output_dir: str, resume_from: str | None,
-                 name: str):
+                 name: str, packed: dict[str, Any] | None = None):
     """`train_once(settings, resume_from)`; on CUDA OOM, again at a smaller micro-batch with more accumulation (the
-    same effective batch), resuming from the last local checkpoint. Returns (its result, the settings that ran)."""
+    same effective batch), resuming from the last local checkpoint. Returns (its result, the settings that ran).
+
+    `packed`: the eff_* placement of a trial capped at a share of a GPU. Its back-off stops at the configured batch:
+    out of memory there, the trial overran the plan's share and raises PackedTrialOverrun, so that Ray retries it
+    on a whole GPU (trainables.overrun) at the batch it would have run one at a time."""
     import torch
+
+    from trainables.plan import overrun_error
 
     while True:
         try:
             return train_once(settings, resume_from), settings
         except torch.OutOfMemoryError:
             pass  # out of the except block first: its traceback holds the failed trainer and model
-        bs, accum = (speed.back_off(speed_plan, settings)
-                     or halve_batch(settings.train_batch_size, settings.gradient_accumulation_steps))
+        smaller = speed.back_off(speed_plan, settings)
+        if smaller is None and packed:
+            raise overrun_error(name, packed, settings.train_batch_size, settings.gradient_accumulation_steps)
+        bs, accum = smaller or halve_batch(settings.train_batch_size, settings.gradient_accumulation_steps)
         note = f"CUDA OOM at per-device batch {settings.train_batch_size}: retrying with {bs} x {accum} accumulation"
         log.warning("%s: %s", name, note)
         settings = settings.with_batch(bs, accum, note)
