@@ -137,7 +137,10 @@ def write_data(data_dir: Path, tokenizer, prefix: str, enc_len: int, dec_len: in
 # One config, in this process
 
 
-def bench_config(cfg, args) -> dict[str, Any]:
+def bench_config(cfg, args, placement: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One config's benchmark row. `placement`: the trial's share of the GPU as the driver planned it (a Placement's
+    fields; multi_gpu_grid.py passes the Ray trial's run.placement entry): the trial caps itself at it through the
+    project's own path (seq2seq.decide_trial_settings), and its eff_* placement fields land in the row."""
     import torch
 
     from trainables import seq2seq
@@ -185,6 +188,7 @@ def bench_config(cfg, args) -> dict[str, Any]:
                                     "model_source": f"standin:{arch}-{size} random weights (for {checkpoint})"}},
             "torch_threads": args.threads,
             "callbacks": [BENCH_TIMING],  # training and evaluation timing, through the trial's extension point
+            **({"placement": {exp.name: placement}} if placement else {}),
         },
     })
     if cuda:
