@@ -187,7 +187,8 @@ def test_trial_caps_its_allocator_at_its_share(monkeypatch):
     assert calls == [(pytest.approx(19.2 / 80), 0)]
     assert eff["eff_gpu_fraction"] == 0.25 and eff["eff_memory_cap_gib"] == pytest.approx(19.2) and eff["eff_packed"]
     assert plan.apply_memory_cap(Placement(gpu=1.0))["eff_memory_cap_gib"] is None and len(calls) == 1  # whole card
-    assert plan.apply_memory_cap(None) == {"eff_gpu_fraction": 1.0, "eff_memory_cap_gib": None, "eff_packed": False}
+    assert plan.apply_memory_cap(None) == {"eff_gpu_fraction": 1.0, "eff_memory_cap_gib": None, "eff_packed": False,
+                                           "eff_replaced": False}
 
 
 def make_fractional_trial():
