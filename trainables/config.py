@@ -143,6 +143,7 @@ class SpeedSection(_Section):
     enabled: bool = True
     fast_eval: bool = True  # generate from a merged half-precision copy, longest dialogues first, larger batches
     micro_batch: bool = True  # larger micro-batch, less accumulation, same effective batch (GPU only)
+    chunked_loss: bool = True  # cross-entropy in fp32 chunks of rows, no full-size fp32 logits (trainables.losses)
     tf32: bool = True
     # PyTorch's attention (SDPA) without its cuDNN backend: on an H100 (torch 2.11) cuDNN attention spent ~7 ms of
     # CPU per call setting up each new shape, most of a training step and of every decoding step (BENCHMARKS.md)

@@ -152,7 +152,7 @@ def build_trainer(trial: TrialConfig, settings: EffectiveSettings, speed_plan, d
         eval_dataset=data.dev, processing_class=data.tokenizer,
         data_collator=DataCollatorForSeq2Seq(data.tokenizer, model=model, label_pad_token_id=-100),
         compute_metrics=rouge_metrics(exp, data.tokenizer, data.dev_summaries, data.framing),
-        compute_loss_func=token_mean_loss, callbacks=callbacks,
+        compute_loss_func=loss_function(speed_plan), callbacks=callbacks,
         loss_meter=meter, telemetry=telemetry, speed_plan=speed_plan,
     )
     speed.record_model(speed_plan, model, trainer.args)
@@ -291,7 +291,14 @@ def rouge_metrics(exp: ExperimentConfig, tokenizer, references: list[str], frami
     return compute
 
 
-def token_mean_loss(outputs, labels, num_items_in_batch=None):
+def loss_function(speed_plan: speed.SpeedPlan | None):
+    """The Trainer's compute_loss_func: token_mean_loss, its cross-entropy chunked where the speed plan says so."""
+    import functools
+
+    return functools.partial(token_mean_loss, chunked=bool(speed_plan and speed_plan.chunked_loss))
+
+
+def token_mean_loss(outputs, labels, num_items_in_batch=None, chunked: bool = False):
     """Cross-entropy summed over the micro-batch's label tokens, divided by the label tokens of the whole
     accumulated batch (`num_items_in_batch`, counted by the Trainer over all its micro-batches).
 
@@ -299,13 +306,21 @@ def token_mean_loss(outputs, labels, num_items_in_batch=None):
     gradient is the same however the step is split (8 x 1, 4 x 2, the OOM back-off's halvings), even when the
     micro-batches hold different numbers of tokens. transformers 5 sees `**kwargs` in the T5/mT5/BART forward,
     assumes the model divides by `num_items_in_batch` and stops dividing by the accumulation steps, but these
-    models ignore it and return a per-micro-batch mean: the gradient came out k times too large."""
+    models ignore it and return a per-micro-batch mean: the gradient came out k times too large.
+
+    `chunked` (speed: chunked_loss): the same sum from trainables.losses, without full-size fp32 copies of the
+    logits; off, the plain F.cross_entropy on an fp32 copy."""
     import torch.nn.functional as F
+
+    from trainables.losses import chunked_cross_entropy
 
     logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
     labels = labels.to(logits.device)
-    total = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100,
-                            reduction="sum")
+    if chunked:
+        total = chunked_cross_entropy(logits, labels)
+    else:
+        total = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100,
+                                reduction="sum")
     count = num_items_in_batch if num_items_in_batch is not None else labels.ne(-100).sum()
     return total / count
 

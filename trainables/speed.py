@@ -19,6 +19,10 @@ batch, beams, lengths, evaluation cadence, early stopping):
 - `micro_batch`: a larger per-device batch with less accumulation at the same effective batch (only where
   the accumulation divides), under a per-process GPU memory cap (`memory_gib`) so that a batch that would not
   fit a 24 GB card falls back, step by step, to the configured one.
+- `chunked_loss`: the training loss (and the dev loss) computed from the logits in their own dtype, one chunk
+  of rows at a time in fp32 (trainables.losses), instead of on a full fp32 copy with an fp32 log-softmax and
+  fp32 gradients: on mT5's 250,112-token vocabulary those copies are what kept the larger micro-batch over the
+  memory cap. Same loss and gradients to float rounding (tests/test_losses.py states the bounds).
 - `tf32` matmuls for what still runs in fp32.
 - `no_cudnn_attention`: scaled-dot-product attention may use flash, memory-efficient or math kernels, not cuDNN's.
   With torch 2.11 on an H100, SDPA picked cuDNN for bf16/fp16 and each call spent ~7 ms of CPU building a graph for
@@ -51,6 +55,7 @@ class SpeedPlan:
     enabled: bool
     fast_eval: bool
     micro_batch: bool
+    chunked_loss: bool
     tf32: bool
     no_cudnn_attention: bool
     memory_gib: float | None
@@ -79,7 +84,8 @@ def plan(exp: "ExperimentConfig", settings, cuda: bool) -> SpeedPlan:
     o = exp.speed
     on = o.enabled
     p = SpeedPlan(enabled=on, fast_eval=on and o.fast_eval, micro_batch=on and o.micro_batch,
-                  tf32=on and o.tf32 and cuda, no_cudnn_attention=on and o.no_cudnn_attention and cuda,
+                  chunked_loss=on and o.chunked_loss, tf32=on and o.tf32 and cuda,
+                  no_cudnn_attention=on and o.no_cudnn_attention and cuda,
                   memory_gib=o.memory_gib if on and cuda else None,
                   max_eval_rows=o.max_eval_rows)
     bs, accum = settings.train_batch_size, settings.gradient_accumulation_steps
@@ -343,7 +349,7 @@ def evaluate(trainer, p: SpeedPlan, dataset, metric_key_prefix: str = "eval") ->
     was_training = model.training
     model.eval()
     rows = [dataset[i] for i in range(len(dataset))]
-    eval_loss = _dev_loss(trainer, rows)
+    eval_loss = _dev_loss(trainer, rows, p.chunked_loss)
     gen_model = _generation_model(trainer, p, rows)
     predictions = _generate_in_file_order(trainer, p, gen_model, rows)
     if gen_model is not model:
@@ -374,11 +380,14 @@ def _input_lengths(rows) -> list[int]:
     return [len(r["input_ids"]) for r in rows]
 
 
-def _dev_loss(trainer, rows) -> float:
+def _dev_loss(trainer, rows, chunked: bool = False) -> float:
     """The training model's dev loss per row, regrouped into the plain path's file-order batches (so
-    `eval_loss` keeps its plain meaning), computed in length-sorted batches."""
+    `eval_loss` keeps its plain meaning), computed in length-sorted batches; `chunked`: the per-token
+    cross-entropy without a full fp32 copy of the logits (trainables.losses)."""
     import numpy as np
     import torch
+
+    from trainables.losses import token_cross_entropy
 
     model, collate = trainer.model, trainer.data_collator
     device = _device_of(model)
@@ -387,12 +396,18 @@ def _dev_loss(trainer, rows) -> float:
     loss_rows = max(configured, 16) if device.type == "cuda" else configured
     with torch.no_grad():
         for batch_idx in length_sorted_batches(_input_lengths(rows), lambda n: loss_rows):
-            batch = _on_device(collate([rows[i] for i in batch_idx]), device)
+            batch = collate([rows[i] for i in batch_idx])
+            labels = batch["labels"].to(device)
+            # Decoder inputs from the collator rather than labels: given labels the model would also compute its
+            # own loss, on a full fp32 log-softmax of the batch's logits.
+            keys = ("input_ids", "attention_mask", "decoder_input_ids" if "decoder_input_ids" in batch else "labels")
             with trainer.compute_loss_context_manager():
-                logits = model(**batch).logits
-            labels = batch["labels"]
-            ce = torch.nn.functional.cross_entropy(logits.float().transpose(1, 2), labels, ignore_index=-100,
-                                                   reduction="none").sum(1)
+                logits = model(**_on_device(batch, device, keys)).logits
+            if chunked:
+                ce = token_cross_entropy(logits, labels).sum(1)
+            else:
+                ce = torch.nn.functional.cross_entropy(logits.float().transpose(1, 2), labels, ignore_index=-100,
+                                                       reduction="none").sum(1)
             sums[batch_idx] = ce.double().cpu().numpy()
             counts[batch_idx] = (labels != -100).sum(1).cpu().numpy()
             del logits

@@ -1,0 +1,106 @@
+"""Cross-entropy over a large vocabulary without full-size fp32 copies of the logits (speed: `chunked_loss`).
+
+`F.cross_entropy(logits.float(), ...)` on mT5's 250,112-token vocabulary keeps an fp32 copy of the logits, an
+fp32 log-softmax for the backward pass and fp32 gradients: ~10 GB at micro-batch 18 x 128 label tokens, which is
+what stops the speed plan's larger micro-batch under its memory cap (BENCHMARKS.md). Here the loss is computed
+in fp32 one chunk of rows at a time (log-sum-exp and the target's logit); the backward pass keeps only the logits
+(alive anyway), the labels and one fp32 log-sum-exp per row, recomputes the softmax chunk by chunk and writes the
+gradient in the logits' own dtype. No tensor larger than one chunk is ever made in fp32.
+
+Why our own: Liger-Kernel's and Unsloth's cross-entropy are Triton kernels (CUDA only: the CPU tests and CPU
+trials could not run them), and Apple's cut-cross-entropy fuses the output projection into the loss, which needs
+the hidden states and the lm_head weight, not the logits: it does not fit a 4-bit model with LoRA on its tied
+lm_head through the Trainer's `compute_loss_func`. The arithmetic below is ~40 lines of plain torch.
+
+torch is imported lazily (trainables.plan reads CHUNK_BYTES without it).
+"""
+
+from __future__ import annotations
+
+import functools
+
+IGNORE_INDEX = -100
+# fp32 bytes of one chunk of rows (rows = CHUNK_BYTES // (vocab x 4)): 268 rows of mT5's vocabulary. A chunk's
+# work has at most WORKSPACE_CHUNKS such tensors alive at once (its fp32 upcast, and logsumexp's shifted
+# exponentials or the backward's softmax); trainables.plan counts them.
+CHUNK_BYTES = 256 * 2**20
+WORKSPACE_CHUNKS = 2
+
+
+def chunk_rows(vocab: int) -> int:
+    return max(1, CHUNK_BYTES // (vocab * 4))
+
+
+def _token_losses(flat, labels, rows: int):
+    """(per-row fp32 log-sum-exp, per-row loss with ignored rows 0) of `flat` (N, V) in its own dtype."""
+    import torch
+
+    n = flat.shape[0]
+    lse = torch.empty(n, dtype=torch.float32, device=flat.device)
+    loss = torch.empty(n, dtype=torch.float32, device=flat.device)
+    for s in range(0, n, rows):
+        x = flat[s:s + rows].float()
+        y = labels[s:s + rows]
+        lse_c = torch.logsumexp(x, dim=-1)
+        target = x.gather(1, y.clamp_min(0).unsqueeze(1)).squeeze(1)
+        lse[s:s + rows] = lse_c
+        loss[s:s + rows] = torch.where(y != IGNORE_INDEX, lse_c - target, 0.0)
+        del x
+    return lse, loss
+
+
+@functools.cache
+def _function():
+    import torch
+    from torch.autograd.function import once_differentiable
+
+    class ChunkedCrossEntropy(torch.autograd.Function):
+        """Summed cross-entropy of logits (..., V) in any float dtype against labels (...) with -100 ignored."""
+
+        @staticmethod
+        def forward(ctx, logits, labels, rows):
+            flat, flat_labels = logits.reshape(-1, logits.shape[-1]), labels.reshape(-1)
+            lse, loss = _token_losses(flat, flat_labels, rows)
+            ctx.save_for_backward(logits, labels, lse)
+            ctx.rows = rows
+            return loss.sum()
+
+        @staticmethod
+        @once_differentiable
+        def backward(ctx, grad_output):
+            logits, labels, lse = ctx.saved_tensors
+            rows = ctx.rows
+            flat, flat_labels = logits.reshape(-1, logits.shape[-1]), labels.reshape(-1)
+            grad = torch.empty_like(flat)
+            scale = grad_output.float()
+            for s in range(0, flat.shape[0], rows):
+                y = flat_labels[s:s + rows]
+                p = flat[s:s + rows].float() - lse[s:s + rows, None]  # a new tensor even for fp32 logits
+                p.exp_()  # softmax
+                valid = y != IGNORE_INDEX
+                hit = valid.nonzero().squeeze(1)
+                p[hit, y[hit]] -= 1.0  # minus the one-hot target
+                p.mul_(scale)
+                p.masked_fill_(~valid.unsqueeze(1), 0.0)  # ignored rows: no gradient
+                grad[s:s + rows] = p  # cast to the logits' dtype
+                del p
+            return grad.view_as(logits), None, None
+
+    return ChunkedCrossEntropy
+
+
+def chunked_cross_entropy(logits, labels, rows: int | None = None):
+    """Summed cross-entropy (fp32 scalar) of `logits` (..., V) against `labels` (...), -100 ignored; what
+    `F.cross_entropy(logits.float().reshape(-1, V), labels.reshape(-1), reduction="sum")` gives, computed in fp32
+    `rows` rows at a time (default: chunk_rows(V)), with the gradient in the logits' dtype."""
+    return _function().apply(logits, labels.to(logits.device), rows or chunk_rows(logits.shape[-1]))
+
+
+def token_cross_entropy(logits, labels, rows: int | None = None):
+    """Per-token fp32 cross-entropy (shape of `labels`, 0 where ignored), chunked, no autograd: the dev loss."""
+    import torch
+
+    with torch.no_grad():
+        flat = logits.reshape(-1, logits.shape[-1])
+        _, loss = _token_losses(flat, labels.to(logits.device).reshape(-1), rows or chunk_rows(logits.shape[-1]))
+    return loss.view(labels.shape)
