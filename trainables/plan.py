@@ -171,7 +171,8 @@ class Features:
 
     static_gib: float  # weights as loaded (4-bit stack or fp32) + LoRA params with grads and Adam state
     act_gib: float  # saved activations of one training micro-batch (encoder/decoder layers, attention)
-    logit_gib: float  # the training logits: micro-batch x decoder length x vocab, 4 bytes each
+    logit_gib: float  # the training logits: micro-batch x decoder length x vocab, 4 bytes each (plain loss; 0 chunked)
+    loss_gib: float  # the chunked loss (speed: chunked_loss): logits and their gradient in their own dtype + workspace
     gen_gib: float  # generation of one eval batch: KV caches, expanded encoder states, beams' logits, 4 bytes
     module_calls: float  # linear-layer calls per training micro-batch (base + LoRA + 4-bit dequant, x recompute)
     tflop: float  # FLOPs of one training micro-batch, in 1e12
@@ -196,8 +197,12 @@ def _lora_params(d: Dims, targets: Iterable[str], rank: int) -> tuple[int, int]:
     return params, calls
 
 
-def features(exp: ExperimentConfig, d: Dims, load_in_4bit: bool | None = None) -> Features:
+def features(exp: ExperimentConfig, d: Dims, load_in_4bit: bool | None = None,
+             chunked_loss: bool | None = None) -> Features:
+    """`load_in_4bit`, `chunked_loss`: what a measured run really did, where it differs from the config."""
     t, tok, gen, q = exp.training, exp.tokenizer, exp.generation, exp.qlora
+    if chunked_loss is None:
+        chunked_loss = exp.speed.enabled and exp.speed.chunked_loss
     four_bit = (q.use_qlora and q.load_in_4bit) if load_in_4bit is None else load_in_4bit
     lora = q.use_qlora
     gc = t.gradient_checkpointing
@@ -213,7 +218,7 @@ def features(exp: ExperimentConfig, d: Dims, load_in_4bit: bool | None = None) -
     static = weights + trainable * 12  # + gradient and two Adam moments (fp32)
     n_stack = sum(c for *_, c, _ in mods)
     act = _activation_bytes(d, b, L, T, gc)
-    logits = b * T * d.vocab * 4
+    logits, loss = _logit_bytes(exp, d, b * T, chunked_loss)
     be, beams, gmax = t.per_device_eval_batch_size, gen.num_beams, gen.max_length
     hyps = be * beams
     kv, gen_bytes = _generation_bytes(d, be, hyps, L, gmax)
@@ -222,12 +227,30 @@ def features(exp: ExperimentConfig, d: Dims, load_in_4bit: bool | None = None) -
     dec_calls = sum(c for *_, c, where in mods if where == "dec") + 1
     gen_calls = dec_calls * gmax * (2 if four_bit else 1)
     return Features(
-        static_gib=static / GIB, act_gib=act / GIB, logit_gib=logits / GIB, gen_gib=gen_bytes / GIB,
+        static_gib=static / GIB, act_gib=act / GIB, logit_gib=logits / GIB, loss_gib=loss / GIB, gen_gib=gen_bytes / GIB,
         module_calls=calls, tflop=tflop, gen_calls=gen_calls, gen_vocab=hyps * d.vocab * gmax / 1e9,
         gen_ngram=(hyps * gmax * gmax / 2 / 1e6) if gen.no_repeat_ngram_size else 0.0,
         gen_tb=gmax * (weights + kv / 2) / 1e12,
         params=params, trainable=trainable,
     )
+
+
+def _logit_bytes(exp: ExperimentConfig, d: Dims, rows: int, chunked: bool) -> tuple[float, float]:
+    """(fp32 logit bytes, which the calibration's `mem_logit` scales; raw bytes of the chunked loss) of one
+    training micro-batch of `rows` decoder tokens.
+
+    The plain loss (an fp32 copy, its fp32 log-softmax, fp32 gradients) was fitted as a multiple of the fp32
+    logits. The chunked loss (trainables.losses) makes none of those: it keeps the logits and writes their
+    gradient in the logits' own dtype (half precision under autocast; fp32 for BART, whose fp32
+    final_logits_bias promotes them), plus at most two fp32 chunks of rows as workspace."""
+    from trainables.losses import CHUNK_BYTES, WORKSPACE_CHUNKS
+
+    fp32 = rows * d.vocab * 4
+    if not chunked:
+        return fp32, 0.0
+    half = exp.training.bf16 or exp.training.fp16
+    own = fp32 if d.arch == "bart" or not half else fp32 / 2
+    return 0.0, 2 * own + WORKSPACE_CHUNKS * min(CHUNK_BYTES, fp32)
 
 
 def _activation_bytes(d: Dims, b: int, L: int, T: int, gc: bool) -> float:
@@ -349,7 +372,8 @@ def fit_calibration(rows: list[dict[str, Any]], experiments: dict[str, dict[str,
     """Coefficients from `benchmarks/gpu_configs.py` result rows (real size, one card), one per config.
 
     Memory: training peak = fixed + a x activations + l x logits (fitted on configs without gradient
-    checkpointing, whose training peak is measured cleanly); generation peak = fixed + g x generation bytes.
+    checkpointing, whose training peak is measured cleanly; a row whose run chunked its loss has no fp32 logits
+    term, its loss bytes counted as they are); generation peak = fixed + g x generation bytes.
     Time: steady optimizer step = accumulation x (s_per_call x calls + FLOP term) + s_per_step; one eval batch =
     eval_fixed_s + coefficients x (calls, vocab, n-gram) + bytes term; the first step's extra and the time
     to load and tokenize are medians / a fit over params."""
@@ -361,11 +385,12 @@ def fit_calibration(rows: list[dict[str, Any]], experiments: dict[str, dict[str,
     card = _card_of(rows[0]["card"])
     feats = {r["name"]: features(experiments[r["name"]], model_dims(experiments[r["name"]].model.architecture,
                                                                       experiments[r["name"]].model.checkpoint,
-                                                                      r.get("model_path")), r.get("eff_load_in_4bit"))
+                                                                      r.get("model_path")), r.get("eff_load_in_4bit"),
+                                   _chunked_loss(r))
              for r in rows}
     plain = [r for r in rows if not experiments[r["name"]].training.gradient_checkpointing] or rows
     a, l = _nnls([[feats[r["name"]].act_gib, feats[r["name"]].logit_gib] for r in plain],
-                 [r["peak_gpu_train_gib"] - feats[r["name"]].static_gib for r in plain])
+                 [r["peak_gpu_train_gib"] - feats[r["name"]].static_gib - feats[r["name"]].loss_gib for r in plain])
     # generation sets the peak where the training peak is well below the total (checkpointed BART)
     gen_rows = [r for r in rows if r["peak_gpu_gib"] > 1.1 * r["peak_gpu_train_gib"]] or rows
     (g,) = _nnls([[feats[r["name"]].gen_gib] for r in gen_rows],
@@ -409,8 +434,13 @@ def save_calibration(calib: Calibration, path: Path | None = None) -> Path:
 # Predictions
 
 
+def _chunked_loss(row: dict[str, Any]) -> bool:
+    """Whether a benchmark row's run chunked its loss (rows measured before speed.chunked_loss existed did not)."""
+    return bool(row.get("eff_speed_chunked_loss", False))
+
+
 def _peaks(f: Features, c: dict[str, float]) -> tuple[float, float]:
-    train = f.static_gib + c["mem_act"] * f.act_gib + c["mem_logit"] * f.logit_gib
+    train = f.static_gib + f.loss_gib + c["mem_act"] * f.act_gib + c["mem_logit"] * f.logit_gib
     return train, f.static_gib + c["mem_gen"] * f.gen_gib
 
 
@@ -428,7 +458,7 @@ def predict_benchmark(exp: ExperimentConfig, row: dict[str, Any], calib: Calibra
     """What the plan says for a `gpu_configs.py` run of `exp` (its steps, one eval batch), to compare with `row`."""
     card = card or _card_of(calib.card)
     c = calib.coefficients
-    f = f or features(exp, model_dims(exp.model.architecture, exp.model.checkpoint))
+    f = f or features(exp, model_dims(exp.model.architecture, exp.model.checkpoint), chunked_loss=_chunked_loss(row))
     train, gen = _peaks(f, c)
     accum = exp.training.gradient_accumulation_steps
     step = accum * _micro_s(f, c, card) + c["s_per_step"]
