@@ -72,16 +72,14 @@ def _function():
             rows = ctx.rows
             flat, flat_labels = logits.reshape(-1, logits.shape[-1]), labels.reshape(-1)
             grad = torch.empty_like(flat)
-            scale = grad_output.float()
             for s in range(0, flat.shape[0], rows):
                 y = flat_labels[s:s + rows]
+                valid = (y != IGNORE_INDEX).unsqueeze(1).float()
                 p = flat[s:s + rows].float() - lse[s:s + rows, None]  # a new tensor even for fp32 logits
                 p.exp_()  # softmax
-                valid = y != IGNORE_INDEX
-                hit = valid.nonzero().squeeze(1)
-                p[hit, y[hit]] -= 1.0  # minus the one-hot target
-                p.mul_(scale)
-                p.masked_fill_(~valid.unsqueeze(1), 0.0)  # ignored rows: no gradient
+                # minus the one-hot target on valid rows (scatter, not nonzero(): that would sync with the GPU)
+                p.scatter_add_(1, y.clamp_min(0).unsqueeze(1), -valid)
+                p.mul_(valid * grad_output.float())  # scaled; ignored rows get no gradient
                 grad[s:s + rows] = p  # cast to the logits' dtype
                 del p
             return grad.view_as(logits), None, None
