@@ -114,7 +114,7 @@ def test_speed_off_is_the_plain_path(configs):
     assert exp.speed.enabled is False
     s = _settings(8, 3)
     p = speed.plan(exp, s, cuda=True)
-    assert not (p.fast_eval or p.micro_batch or p.tf32 or p.no_cudnn_attention)
+    assert not (p.fast_eval or p.micro_batch or p.chunked_loss or p.tf32 or p.no_cudnn_attention)
     assert (s.train_batch_size, s.gradient_accumulation_steps) == (8, 3)
     assert speed.training_kwargs(p) == {}
     with speed.attention_backends(p):
