@@ -192,5 +192,5 @@ def test_dev_loss_chunked_equals_the_models_own_loss(configs, standins):  # noqa
     with torch.no_grad():
         own = [float(model(**collate(rows[s:s + 3])).loss) for s in (0, 3)]  # file-order batches of 3 and 1
     want = (own[0] * 3 + own[1] * 1) / 4
-    assert speed._dev_loss(trainer, rows, chunked=False) == pytest.approx(want, rel=1e-6)
-    assert speed._dev_loss(trainer, rows, chunked=True) == pytest.approx(want, rel=1e-6)
+    assert speed.dev_loss(trainer, rows, chunked=False) == pytest.approx(want, rel=1e-6)
+    assert speed.dev_loss(trainer, rows, chunked=True) == pytest.approx(want, rel=1e-6)

@@ -78,16 +78,17 @@ def test_chunked_loss_drops_the_fp32_logit_copies_from_the_training_peak():
     """speed.chunked_loss (the default) keeps no fp32 copies of the logits: the fitted logits term is gone and the
     loss's own bytes (logits and gradient in their dtype, two fp32 chunks) are smaller for every config. A benchmark
     row measured without it (no eff_speed_chunked_loss) is predicted with the plain loss it ran."""
-    c = plan.load_calibration("h100").coefficients
+    calib = plan.load_calibration("h100")
     rows = {r["name"]: r for r in json.loads((ROOT / "benchmarks" / "results-2026-11-25-h100-plan.json").read_text())}
     for exp in experiments():
         d = plan.model_dims(exp.model.architecture, exp.model.checkpoint)
         default, plain = plan.features(exp, d), plan.features(exp, d, chunked_loss=False)
         assert default.logit_gib == 0 and plain.loss_gib == 0 and plain.logit_gib > 0
-        assert default.loss_gib < c["mem_logit"] * plain.logit_gib, exp.name
-        assert plan._peaks(default, c)[0] < plan._peaks(plain, c)[0]
-        predicted = plan.predict_benchmark(exp, rows[exp.name], plan.load_calibration("h100"))
-        assert predicted["train_peak_gib"] == pytest.approx(plan._peaks(plain, c)[0]), exp.name
+        assert default.loss_gib < calib.coefficients["mem_logit"] * plain.logit_gib, exp.name
+        row = rows[exp.name]
+        plain_peak = plan.predict_benchmark(exp, row, calib, plain)["train_peak_gib"]
+        assert plan.predict_benchmark(exp, row, calib, default)["train_peak_gib"] < plain_peak
+        assert plan.predict_benchmark(exp, row, calib)["train_peak_gib"] == pytest.approx(plain_peak), exp.name
     exp.speed.enabled = False  # speed: off is the plain loss
     assert plan.features(exp, d).logit_gib == plain.logit_gib
 

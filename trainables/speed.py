@@ -349,7 +349,7 @@ def evaluate(trainer, p: SpeedPlan, dataset, metric_key_prefix: str = "eval") ->
     was_training = model.training
     model.eval()
     rows = [dataset[i] for i in range(len(dataset))]
-    eval_loss = _dev_loss(trainer, rows, p.chunked_loss)
+    eval_loss = dev_loss(trainer, rows, p.chunked_loss)
     gen_model = _generation_model(trainer, p, rows)
     predictions = _generate_in_file_order(trainer, p, gen_model, rows)
     if gen_model is not model:
@@ -380,7 +380,7 @@ def _input_lengths(rows) -> list[int]:
     return [len(r["input_ids"]) for r in rows]
 
 
-def _dev_loss(trainer, rows, chunked: bool = False) -> float:
+def dev_loss(trainer, rows, chunked: bool = False) -> float:
     """The training model's dev loss per row, regrouped into the plain path's file-order batches (so
     `eval_loss` keeps its plain meaning), computed in length-sorted batches; `chunked`: the per-token
     cross-entropy without a full fp32 copy of the logits (trainables.losses)."""
