@@ -83,6 +83,9 @@ def test_larger_micro_batch_keeps_the_effective_batch_and_steps_back(configs, bs
     p = speed.plan(exp, s, cuda=True)
     assert (s.train_batch_size, s.gradient_accumulation_steps) == (bs * accum, 1)
     assert all(b * a == bs * accum for b, a in p.batch_candidates)
+    # every split of the effective batch from the largest down to the configured one: 6 x 3 also tries 9 x 2
+    assert [b for b, _ in p.batch_candidates] == [m for m in range(bs * accum, bs - 1, -1) if bs * accum % m == 0]
+    assert (bs, accum) != (6, 3) or (9, 2) in p.batch_candidates
     seen = [(s.train_batch_size, s.gradient_accumulation_steps)]
     while (step := speed.back_off(p, s)) is not None:
         s.train_batch_size, s.gradient_accumulation_steps = step

@@ -91,9 +91,11 @@ def plan(exp: "ExperimentConfig", settings, cuda: bool) -> SpeedPlan:
     bs, accum = settings.train_batch_size, settings.gradient_accumulation_steps
     p.configured_batch = (bs, accum)
     if p.micro_batch:
-        # Same effective batch: micro-batch x k with accumulation / k, for each k dividing the accumulation,
-        # largest first; an OOM (under the memory cap) steps down this list to the configured batch.
-        p.batch_candidates = [(bs * k, accum // k) for k in range(accum, 0, -1) if accum % k == 0]
+        # Same effective batch: every split m x (effective / m) with m >= the configured micro-batch, largest first
+        # (9 x 2 as well as 18 x 1 and 6 x 3: the loss is exact for any split, see seq2seq.token_mean_loss); an
+        # OOM (under the memory cap) steps down this list to the configured batch.
+        effective = bs * accum
+        p.batch_candidates = [(m, effective // m) for m in range(effective, bs - 1, -1) if effective % m == 0]
         if not cuda:
             p.batch_candidates = [(bs, accum)]
             p.notes.append("no CUDA GPU: configured micro-batch kept")
