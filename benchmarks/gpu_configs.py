@@ -197,6 +197,7 @@ def bench_config(cfg, args, placement: dict[str, Any] | None = None) -> dict[str
         if args.memory_cap_gib:  # behave like a smaller card: allocations past the cap raise CUDA OOM
             total = torch.cuda.get_device_properties(0).total_memory
             torch.cuda.set_per_process_memory_fraction(min(1.0, args.memory_cap_gib * 2**30 / total))
+    TIMING.clear()  # attempts are counted from here (a Ray worker may run several configs)
     t0 = time.time()
     error = None
     try:
@@ -235,6 +236,8 @@ def bench_config(cfg, args, placement: dict[str, Any] | None = None) -> dict[str
         "eval_gen_s": round(timing["eval_runtime"], 2) if timing.get("eval_runtime") else None,
         "trainer_train_runtime_s": final.get("train_runtime"),  # includes the evaluation and checkpoint save
         "run_trial_s": round(total_s, 1),
+        "attempts": timing.get("attempts", 0),  # > 1: the OOM back-off restarted the trial at a smaller micro-batch
+        "last_attempt_s": round(time.perf_counter() - timing["attempt_started"], 1) if "attempt_started" in timing else None,
         "standin_build_s": round(build_s, 1),
         "settings": {
             "arch": arch, "train_batch": t.per_device_train_batch_size, "accumulation": t.gradient_accumulation_steps,

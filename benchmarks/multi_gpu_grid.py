@@ -62,7 +62,8 @@ def bench_trial(config: dict) -> None:
                  "start": started, "end": time.time(), "peak_gpu_gib": row.get("peak_gpu_gib") or 0.0,
                  "cuda_visible": os.environ.get("CUDA_VISIBLE_DEVICES", ""),
                  "train_losses": row.get("train_losses"), "eval_loss": row.get("eval", {}).get("eval_loss"),
-                 **{k: v for k, v in row.items() if k.startswith("eff_")}})
+                 **{k: v for k, v in row.items() if k.startswith("eff_")},
+                 "bench_row": json.dumps(row, default=str)})  # gpu_configs' whole row: the plan can be checked against it
 
 
 def worker_runtime_env() -> dict:
@@ -101,7 +102,8 @@ def run_pass(label: str, names: list[str], gpus: int, pack: bool, max_concurrent
     trials = {}
     for t in ExperimentAnalysis(str(storage / label)).trials:
         result = t.last_result or {}
-        trials[t.config["experiment"]["name"]] = {"status": t.status, **{k: result.get(k) for k in TRIAL_FIELDS}}
+        trials[t.config["experiment"]["name"]] = {"status": t.status, **{k: result.get(k) for k in TRIAL_FIELDS},
+                                                  "bench_row": json.loads(result.get("bench_row") or "{}")}
     print(f"{label}: {wall:.1f}s wall-clock, {sum(bool(r['ok']) for r in trials.values())}/{len(trials)} ok", flush=True)
     return {"wall_s": round(wall, 1), "max_concurrent": concurrent, "order": [e.name for e in experiments],
             "trials": trials}

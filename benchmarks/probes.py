@@ -24,8 +24,14 @@ class BenchTiming(TrainerCallback):
     the evaluation's metrics. A new instance per Trainer, so a run the OOM back-off restarted is timed afresh."""
 
     def __init__(self):
-        TIMING.clear()
-        TIMING.update(step_ends=[], peak_train=0)
+        import torch
+
+        TIMING.update(step_ends=[], peak_train=0, attempts=TIMING.get("attempts", 0) + 1)
+        for key in ("train_begin", "train_end", "eval_runtime", "eval_metrics"):
+            TIMING.pop(key, None)
+        TIMING["attempt_started"] = time.perf_counter()
+        if torch.cuda.is_available():  # the peak of this attempt, not of one the OOM back-off abandoned
+            torch.cuda.reset_peak_memory_stats()
 
     def on_train_begin(self, args, state, control, **kwargs):
         _sync()
