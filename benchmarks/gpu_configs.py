@@ -144,6 +144,7 @@ def bench_config(cfg, args, placement: dict[str, Any] | None = None) -> dict[str
     import torch
 
     from trainables import seq2seq
+    from trainables.plan import PackedTrialOverrun
     from trainables.config import apply_mode
     from trainables.models import build_standin, load_tokenizer
 
@@ -202,6 +203,8 @@ def bench_config(cfg, args, placement: dict[str, Any] | None = None) -> dict[str
     error = None
     try:
         final = seq2seq.run_trial(config, lambda metrics, ckpt: reports.append(metrics))
+    except PackedTrialOverrun:
+        raise  # Ray must see it: the trial is retried on a whole GPU (trainables.overrun)
     except Exception as err:  # an OOM at batch 1 or any other failure is a result too
         final, error = {}, f"{type(err).__name__}: {str(err).splitlines()[0][:300] if str(err) else ''}"
     total_s = time.time() - t0

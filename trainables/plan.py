@@ -218,7 +218,11 @@ def features(exp: ExperimentConfig, d: Dims, load_in_4bit: bool | None = None,
     static = weights + trainable * 12  # + gradient and two Adam moments (fp32)
     n_stack = sum(c for *_, c, _ in mods)
     act = _activation_bytes(d, b, L, T, gc)
-    logits, loss = _logit_bytes(exp, d, b * T, chunked_loss)
+    # Measured on an H100 (2026-11-26, benchmarks/results/packed-ray-2026-11-26-h100.json): with the chunked loss
+    # 01_mt5_xlsum_ultimate still peaked at 16.5 GiB at 4 x 4 (16.6 with the plain loss the day before), where the
+    # modelled saving said 13.6; packed caps sized from it ran out of memory. Until the peak is understood the plan
+    # sizes memory as for the plain loss, which matched within 5%.
+    logits, loss = _logit_bytes(exp, d, b * T, chunked=False)
     be, beams, gmax = t.per_device_eval_batch_size, gen.num_beams, gen.max_length
     hyps = be * beams
     kv, gen_bytes = _generation_bytes(d, be, hyps, L, gmax)
