@@ -104,13 +104,15 @@ def test_plan_for_a_card_without_its_own_table_says_how_it_was_scaled():
     proc = run_cli("plan", "--card", "rtx3090", timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "no calibration for this card" in proc.stdout and "989/71" in proc.stdout
-    # config 4 (LoRA on an unquantized T5, batch 12) peaks near 22 GiB as written (measured 21.4 on an H100): it
-    # does not fit a 24 GB card as written, and the plan says so
+    # config 4 (LoRA on an unquantized T5, batch 12) peaks near 22 GiB as written (measured 21.4 on an H100), over
+    # speed's 20 GiB cap: the back-off halves it to 6 x 4 (as measured on the H100), which only a whole card does
     row = next(line for line in proc.stdout.splitlines() if "02_eenzeenee_t5_rtx3090" in line and "GiB" not in line[:5])
-    assert " NO " in row and "1 (whole card)" in row
+    assert " 6x4 " in row and "1 (whole card)" in row
+    # as written (speed: off, no cap and no larger micro-batch) it does not fit a 24 GB card, and the plan says so
     exp = next(e for e in experiments() if e.name == "02_eenzeenee_t5_rtx3090")
+    exp.speed.enabled = False
     planned = plan.plan_trial(exp, 12_457, 499, plan.load_calibration("h100"), plan.CARDS["rtx3090"])
-    assert not planned.fits and planned.peak_gib > 21.5
+    assert planned.batch == (12, 2) and not planned.fits and planned.peak_gib > 21.5
 
 
 def test_bad_card_flags_are_one_line_errors():
@@ -287,3 +289,87 @@ def test_calibrate_fits_the_benchmark_rows_and_writes_the_cards_table(monkeypatc
     assert table["card"] == "NVIDIA H100 80GB HBM3" and len(table["fit"]) == 7
     assert plan.load_calibration("h100").coefficients == pytest.approx(table["coefficients"])
     assert "| 01_mt5_xlsum_ultimate |" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------------------------------------
+# The micro-batch a trial will run (speed's candidates under its cap), and the fit at effective batches
+
+CALIBRATE_ROWS = ROOT / "benchmarks" / "results" / "gpu_configs-2026-11-26-h100-calibrate.json"
+
+
+def by_name(name: str):
+    return next(e for e in experiments() if e.name == name)
+
+
+def test_speed_plan_and_the_plan_share_one_candidate_list():
+    from trainables import speed
+
+    assert speed.batch_candidates(6, 3) == [(18, 1), (9, 2), (6, 3)]
+    assert speed.batch_candidates(4, 8) == [(32, 1), (16, 2), (8, 4), (4, 8)]
+    exp = by_name("04_batch_optimization_rtx3090")
+    tries, cap = plan.batch_attempts(exp, plan.CARDS["h100"])
+    assert tries[:4] == speed.batch_candidates(4, 8) and tries[4:] == [(2, 16), (1, 32)]  # then the plain halving
+    assert cap == exp.speed.memory_gib
+
+
+def test_plan_runs_the_enlarged_micro_batch_where_it_fits_and_the_configured_one_where_not():
+    calib = plan.load_calibration("h100")
+    bart = by_name("04_batch_optimization_rtx3090")  # 4 x 8, BART with gradient checkpointing: 32 x 1 fits 20 GiB
+    big = plan.plan_trial(bart, 1000, 50, calib, plan.CARDS["h100"])
+    epochs = bart.training.num_train_epochs
+    assert big.batch == (32, 1) and big.failed_attempts == 0 and big.optimizer_steps == 32 * epochs  # ceil(1000/32)
+    configured = plan.plan_trial(bart, 1000, 50, calib, plan.CARDS["h100"], packed_cap_gib=big.peak_gib * 0.6)
+    assert configured.batch[0] < 32 and configured.failed_attempts > 0  # a tighter (packed) cap: a smaller split
+    mt5 = by_name("01_mt5_xlsum_ultimate")  # 4 x 4 at 1024 tokens: 16 x 1 and 8 x 2 over the cap (as on the H100)
+    chosen = plan.plan_trial(mt5, 1000, 50, calib, plan.CARDS["h100"])
+    assert chosen.batch == (4, 4) and chosen.failed_attempts == 2
+    mt5.speed.memory_gib = 200.0  # a made-up cap of 200 GiB on a made-up 250 GB card: the largest split fits
+    roomy = plan.Card("roomy", "made-up 250 GB", 232.8, 989.0, 3.35)
+    assert plan.plan_trial(mt5, 1000, 50, calib, roomy).batch == (16, 1)
+    # the failed attempts cost time: the same trial with its largest split fitting first starts sooner
+    assert plan.plan_trial(mt5, 1000, 50, calib, roomy).trial_s < chosen.trial_s
+
+
+@pytest.mark.parametrize("off", ["speed", "micro_batch"])
+def test_speed_or_micro_batch_off_plans_the_configured_batch(off):
+    calib = plan.load_calibration("h100")
+    exp = by_name("04_batch_optimization_rtx3090")
+    setattr(exp.speed, "enabled" if off == "speed" else "micro_batch", False)
+    t = plan.plan_trial(exp, 1000, 50, calib, plan.CARDS["h100"])
+    assert t.batch == (4, 8) and t.failed_attempts == 0 and t.cap_gib is None
+    assert t.optimizer_steps == 32 * exp.training.num_train_epochs  # ceil(1000 / 4) = 250 micro-batches, 8 per step
+
+
+def test_measured_h100_batches_are_the_ones_the_plan_predicts():
+    """The calibration run's trials really ran these micro-batches under the 20 GiB cap; the plan picks the same."""
+    calib = plan.load_calibration("h100")
+    for row in json.loads(CALIBRATE_ROWS.read_text()):
+        t = plan.plan_trial(by_name(row["name"]), 1000, 50, calib, plan.CARDS["h100"])
+        assert t.batch == (row["eff_train_batch_size"], row["eff_gradient_accumulation_steps"]), row["name"]
+        assert t.failed_attempts == plan.failed_attempts(row), row["name"]
+
+
+def test_fit_uses_effective_batches_and_keeps_memory_from_the_old_table_where_peaks_are_contaminated():
+    rows = json.loads(CALIBRATE_ROWS.read_text())
+    exps = {e.name: e for e in experiments()}
+    base = plan.load_calibration("h100")
+    base.coefficients = {**base.coefficients, "mem_act": 0.777, "mem_logit": 3.33}  # recognisable kept values
+    calib = plan.fit_calibration(rows, exps, keep_memory_from=base)
+    assert {r["name"] for r in rows if plan.stepped_down(r)} == {
+        "01_mt5_xlsum_korean_adapted", "01_mt5_xlsum_optimized_v2", "01_mt5_xlsum_ultimate", "02_eenzeenee_t5_rtx3090"}
+    # every clean row checkpoints its gradients, so no clean row fits the activation term; chunked loss: no logits term
+    assert calib.coefficients["mem_act"] == 0.777 and calib.coefficients["mem_logit"] == 3.33
+    assert "kept from" in calib.notes and "mem_act" in calib.notes
+    # a contaminated row's peak (the cap, 19.9 GiB) in the fit would pull the activation coefficient: with its
+    # OOM notes removed the rows count as clean and the coefficient is refitted
+    cleaned = [{**r, "eff_notes": "", "eff_speed_notes": ""} for r in rows]
+    assert plan.fit_calibration(cleaned, exps, keep_memory_from=base).coefficients["mem_act"] != 0.777
+    # features at the effective batch: BART's 24 x 1 step is one micro-batch, fitted within 30% of the measured
+    fit = {f["name"]: f for f in calib.fit}
+    assert fit["01_baseline_kobart_rtx3090"]["batch"] == "24x1"
+    for f in calib.fit:
+        assert f["step_s"][1] == pytest.approx(f["step_s"][0], rel=0.3), f["name"]
+    configured = [{k: v for k, v in r.items() if not k.startswith("eff_train_batch") and
+                   not k.startswith("eff_gradient")} for r in rows]
+    bart = plan.fit_calibration(configured, exps, keep_memory_from=base).fit[0]
+    assert bart["name"] == "01_baseline_kobart_rtx3090" and bart["batch"] == "8x3"

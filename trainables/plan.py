@@ -198,15 +198,16 @@ def _lora_params(d: Dims, targets: Iterable[str], rank: int) -> tuple[int, int]:
 
 
 def features(exp: ExperimentConfig, d: Dims, load_in_4bit: bool | None = None,
-             chunked_loss: bool | None = None) -> Features:
-    """`load_in_4bit`, `chunked_loss`: what a measured run really did, where it differs from the config."""
+             chunked_loss: bool | None = None, batch: int | None = None) -> Features:
+    """`load_in_4bit`, `chunked_loss`, `batch` (the training micro-batch): what a run really did or will do, where it
+    differs from the config (the speed plan's larger micro-batch, an OOM back-off)."""
     t, tok, gen, q = exp.training, exp.tokenizer, exp.generation, exp.qlora
     if chunked_loss is None:
         chunked_loss = exp.speed.enabled and exp.speed.chunked_loss
     four_bit = (q.use_qlora and q.load_in_4bit) if load_in_4bit is None else load_in_4bit
     lora = q.use_qlora
     gc = t.gradient_checkpointing
-    b, L, T = t.per_device_train_batch_size, tok.encoder_max_len, tok.decoder_max_len
+    b, L, T = batch or t.per_device_train_batch_size, tok.encoder_max_len, tok.decoder_max_len
     mods = linear_modules(d)
     stack = sum(i * o * c for _, i, o, c, _ in mods)
     params = parameter_count(d)
@@ -372,15 +373,20 @@ def _fixed_gen_s(f: Features, card: Card) -> float:
 
 
 def fit_calibration(rows: list[dict[str, Any]], experiments: dict[str, dict[str, Any]], *, source: str = "",
-                    command: str = "", measured: str = "") -> Calibration:
-    """Coefficients from `benchmarks/gpu_configs.py` result rows (real size, one card), one per config.
+                    command: str = "", measured: str = "", keep_memory_from: Calibration | None = None) -> Calibration:
+    """Coefficients from `benchmarks/gpu_configs.py` result rows (real size, one card), one per config. Each row's
+    features are those of the micro-batch and accumulation it really trained with (eff_train_batch_size,
+    eff_gradient_accumulation_steps: the speed plan's larger micro-batch, or an OOM back-off's smaller one).
 
     Memory: training peak = fixed + a x activations + l x logits (fitted on configs without gradient
     checkpointing, whose training peak is measured cleanly; a row whose run chunked its loss has no fp32 logits
-    term, its loss bytes counted as they are); generation peak = fixed + g x generation bytes.
+    term, its loss bytes counted as they are); generation peak = fixed + g x generation bytes. Rows that stepped
+    down their micro-batch after an OOM are left out of the memory fit (their peak includes the failed attempt);
+    a memory coefficient with fewer than two clean rows that carry its feature is kept from `keep_memory_from`
+    (the card's table so far), and the table's notes say which.
     Time: steady optimizer step = accumulation x (s_per_call x calls + FLOP term) + s_per_step; one eval batch =
-    eval_fixed_s + coefficients x (calls, vocab, n-gram) + bytes term; the first step's extra and the time
-    to load and tokenize are medians / a fit over params."""
+    eval_fixed_s + coefficients x (calls, vocab, n-gram) + bytes term; the first step's extra is a median; loading
+    is a fit over params, once per attempt (an OOM'd attempt reloads the model)."""
     import statistics
 
     rows = [r for r in rows if r.get("ok") and r.get("name") in experiments and not r.get("memory_cap_gib")]
@@ -390,38 +396,67 @@ def fit_calibration(rows: list[dict[str, Any]], experiments: dict[str, dict[str,
     feats = {r["name"]: features(experiments[r["name"]], model_dims(experiments[r["name"]].model.architecture,
                                                                       experiments[r["name"]].model.checkpoint,
                                                                       r.get("model_path")), r.get("eff_load_in_4bit"),
-                                   _chunked_loss(r))
+                                   _chunked_loss(r), batch=row_batch(experiments[r["name"]], r)[0])
              for r in rows}
-    plain = [r for r in rows if not experiments[r["name"]].training.gradient_checkpointing] or rows
-    a, l = _nnls([[feats[r["name"]].act_gib, feats[r["name"]].logit_gib] for r in plain],
-                 [r["peak_gpu_train_gib"] - feats[r["name"]].static_gib - feats[r["name"]].loss_gib for r in plain])
+    clean = [r for r in rows if not stepped_down(r)]
+    kept, fitted = [], []
+
+    def memory_fit(names: tuple[str, ...], attrs: tuple[str, ...], use: list[dict[str, Any]], target) -> list[float]:
+        """Fit the coefficients `names` (features `attrs`) on `use`; keep those with < 2 rows carrying the feature."""
+        keep = [n for n, a in zip(names, attrs) if sum(1 for r in use if getattr(feats[r["name"]], a) > 0) < 2]
+        if keep and keep_memory_from is None and len(keep) == len(names):
+            keep = []  # nothing to keep them from: fit on what there is
+        base = (keep_memory_from.coefficients if keep_memory_from else {})
+        free = [(n, a) for n, a in zip(names, attrs) if n not in keep]
+        y = [target(r) - sum(base[n] * getattr(feats[r["name"]], a) for n, a in zip(names, attrs) if n in keep)
+             for r in use]
+        got = dict(zip([n for n, _ in free], _nnls([[getattr(feats[r["name"]], a) for _, a in free] for r in use], y)
+                       if free and use else []))
+        kept.extend(keep)
+        fitted.extend(f"{n} ({len(use)} rows)" for n in got)
+        return [base[n] if n in keep else got.get(n, 0.0) for n in names]
+
+    plain = [r for r in clean if not experiments[r["name"]].training.gradient_checkpointing]
+    a, l = memory_fit(("mem_act", "mem_logit"), ("act_gib", "logit_gib"), plain,
+                      lambda r: r["peak_gpu_train_gib"] - feats[r["name"]].static_gib - feats[r["name"]].loss_gib)
     # generation sets the peak where the training peak is well below the total (checkpointed BART)
-    gen_rows = [r for r in rows if r["peak_gpu_gib"] > 1.1 * r["peak_gpu_train_gib"]] or rows
-    (g,) = _nnls([[feats[r["name"]].gen_gib] for r in gen_rows],
-                 [r["peak_gpu_gib"] - feats[r["name"]].static_gib for r in gen_rows])
+    gen_rows = [r for r in clean if r["peak_gpu_gib"] > 1.1 * r["peak_gpu_train_gib"]]
+    (g,) = memory_fit(("mem_gen",), ("gen_gib",), gen_rows, lambda r: r["peak_gpu_gib"] - feats[r["name"]].static_gib)
     step_s = [r["train_label_tokens"] / r["optimizer_steps"] / r["train_tok_s_after_step1"] for r in rows]
-    accum = [r.get("eff_gradient_accumulation_steps") or experiments[r["name"]].training.gradient_accumulation_steps
-             for r in rows]
+    accum = [row_batch(experiments[r["name"]], r)[1] for r in rows]
     call, per_step = _nnls([[k * feats[r["name"]].module_calls, 1.0] for k, r in zip(accum, rows)],
                            [s - k * _fixed_train_s(feats[r["name"]], card) for s, k, r in zip(step_s, accum, rows)])
     gen = _nnls([[*(getattr(feats[r["name"]], t) for t in GEN_TERMS), 1.0] for r in rows],
                 [r["eval_gen_s"] - _fixed_gen_s(feats[r["name"]], card) for r in rows])
     warm = statistics.median(max(0.0, r["train_s"] - s * r["optimizer_steps"]) for r, s in zip(rows, step_s))
-    load_rows = [[1.0, feats[r["name"]].params / 1e9] for r in rows]
-    load = _nnls(load_rows, [max(0.1, r["run_trial_s"] - r["train_s"] - r["eval_gen_s"]) for r in rows])
-    reserved = statistics.median(r["peak_gpu_reserved_gib"] / r["peak_gpu_gib"] for r in rows)
+    # every attempt loads the model; a failed one also runs (part of) a first step
+    load_rows = [[1 + failed_attempts(r), (1 + failed_attempts(r)) * feats[r["name"]].params / 1e9] for r in rows]
+    load = _nnls(load_rows, [max(0.1, r["run_trial_s"] - r["train_s"] - r["eval_gen_s"] - failed_attempts(r) * warm)
+                             for r in rows])
+    reserved = statistics.median(r["peak_gpu_reserved_gib"] / r["peak_gpu_gib"] for r in clean or rows)
     coef = {"mem_act": a, "mem_logit": l, "mem_gen": g, "s_per_call": call, "s_per_step": per_step,
             **{f"gen_s_per_{t.removeprefix('gen_')}": c for t, c in zip(GEN_TERMS, gen[:-1])}, "eval_fixed_s": gen[-1],
             "first_step_extra_s": warm, "load_s": load[0], "load_s_per_gparam": load[1], "reserved_ratio": reserved,
             "trial_start_s": 8.0, "packed_slowdown": PACKED_SLOWDOWN}
+    if kept and keep_memory_from is not None and "reserved_ratio" in keep_memory_from.coefficients and not clean:
+        coef["reserved_ratio"] = keep_memory_from.coefficients["reserved_ratio"]
     calib = Calibration(card=rows[0]["card"], key=card.key, memory_gib=card.memory_gib or 0.0,
                         measured=measured, source=source, command=command, coefficients=coef)
+    left_out = [r["name"] for r in rows if stepped_down(r)]
+    calib.notes = (f"Memory: fitted here: {', '.join(fitted) or 'none'}; kept from "
+                   f"{Path(keep_memory_from.path).name if keep_memory_from and keep_memory_from.path else 'the previous table'} "
+                   f"(measured {keep_memory_from.measured if keep_memory_from else '-'}): {', '.join(kept) or 'none'}; "
+                   f"left out of the memory fit (peak includes an OOM'd larger micro-batch): {', '.join(left_out) or 'none'}. "
+                   "Features at each row's effective micro-batch and accumulation.")
     for r in rows:
         p = predict_benchmark(experiments[r["name"]], r, calib, feats[r["name"]], card)
-        calib.fit.append({"name": r["name"], "peak_gib": [r["peak_gpu_gib"], round(p["peak_gib"], 2)],
+        calib.fit.append({"name": r["name"], "batch": "x".join(map(str, row_batch(experiments[r["name"]], r))),
+                          "peak_clean": not stepped_down(r),
+                          "peak_gib": [r["peak_gpu_gib"], round(p["peak_gib"], 2)],
                           "step_s": [round(r["train_label_tokens"] / r["optimizer_steps"] / r["train_tok_s_after_step1"], 3),
                                      round(p["step_s"], 3)],
-                          "eval_batch_s": [r["eval_gen_s"], round(p["eval_batch_s"], 2)]})
+                          "eval_batch_s": [r["eval_gen_s"], round(p["eval_batch_s"], 2)],
+                          "run_trial_s": [r["run_trial_s"], round(p["run_trial_s"], 1)]})
     return calib
 
 
@@ -462,15 +497,39 @@ def predict_benchmark(exp: ExperimentConfig, row: dict[str, Any], calib: Calibra
     """What the plan says for a `gpu_configs.py` run of `exp` (its steps, one eval batch), to compare with `row`."""
     card = card or _card_of(calib.card)
     c = calib.coefficients
-    f = f or features(exp, model_dims(exp.model.architecture, exp.model.checkpoint), chunked_loss=_chunked_loss(row))
+    batch, accum = row_batch(exp, row)
+    f = f or features(exp, model_dims(exp.model.architecture, exp.model.checkpoint), chunked_loss=_chunked_loss(row),
+                      batch=batch)
     train, gen = _peaks(f, c)
-    accum = exp.training.gradient_accumulation_steps
     step = accum * _micro_s(f, c, card) + c["s_per_step"]
     steps = row.get("optimizer_steps") or 3
     ev = _eval_batch_s(f, c, card)
     train_s = steps * step + c["first_step_extra_s"]
+    start = (1 + failed_attempts(row)) * _load_s(f, c) + failed_attempts(row) * c["first_step_extra_s"]
     return {"peak_gib": max(train, gen), "train_peak_gib": train, "step_s": step, "train_s": train_s,
-            "eval_batch_s": ev, "run_trial_s": c["load_s"] + c["load_s_per_gparam"] * f.params / 1e9 + train_s + ev}
+            "eval_batch_s": ev, "run_trial_s": start + train_s + ev}
+
+
+def row_batch(exp: ExperimentConfig, row: dict[str, Any]) -> tuple[int, int]:
+    """(micro-batch, accumulation) a benchmark row really trained with (its eff_* fields), else the config's."""
+    t = exp.training
+    return (int(row.get("eff_train_batch_size") or t.per_device_train_batch_size),
+            int(row.get("eff_gradient_accumulation_steps") or t.gradient_accumulation_steps))
+
+
+def failed_attempts(row: dict[str, Any]) -> int:
+    """How many micro-batches a row's trial tried and gave up on (CUDA OOM) before the one it trained with."""
+    return str(row.get("eff_notes") or "").count("CUDA OOM at per-device batch")
+
+
+def stepped_down(row: dict[str, Any]) -> bool:
+    """Whether a row's trial ran out of memory at a larger micro-batch first: its peak includes that failed attempt
+    (gpu_configs.py did not reset the peak between attempts), so it is no measurement of the batch it ran."""
+    return failed_attempts(row) > 0 or "ran out of memory" in str(row.get("eff_speed_notes") or "")
+
+
+def _load_s(f: Features, c: dict[str, float]) -> float:
+    return c["load_s"] + c["load_s_per_gparam"] * f.params / 1e9
 
 
 @dataclass
@@ -487,6 +546,10 @@ class TrialPlan:
     eval_s: float  # all evaluations together
     trial_s: float
     fits: bool
+    batch: tuple[int, int] = (0, 0)  # (micro-batch, accumulation) the trial is predicted to train with
+    configured_batch: tuple[int, int] = (0, 0)
+    failed_attempts: int = 0  # larger micro-batches tried first, each predicted to run out of memory under the cap
+    cap_gib: float | None = None  # the allocator cap the micro-batch was chosen under (None: configured batch kept)
     gpu_fraction: float = 1.0
     memory_cap_gib: float | None = None
     notes: list[str] = field(default_factory=list)
@@ -501,31 +564,73 @@ def count_evaluations(steps_per_epoch: int, epochs: int, eval_steps: int | None)
     return len(at)
 
 
+def batch_attempts(exp: ExperimentConfig, card: Card, packed_cap_gib: float | None = None
+                   ) -> tuple[list[tuple[int, int]], float | None]:
+    """The micro-batches (batch, accumulation) a trial on `card` tries, in order, and the allocator cap they must fit
+    under. With speed's micro_batch on (trainables.speed.plan): its candidates, largest first, under
+    `speed.memory_gib` (or the card, or a packed trial's share, whichever is tighter); unpacked, the OOM back-off then
+    halves below the configured batch (seq2seq.retry_on_oom), packed it stops there (PackedTrialOverrun). With speed
+    or micro_batch off, or on no card: the configured batch only, and no cap (None)."""
+    from trainables import speed
+
+    t, o = exp.training, exp.speed
+    configured = (t.per_device_train_batch_size, t.gradient_accumulation_steps)
+    if not (o.enabled and o.micro_batch and card.memory_gib):
+        return [configured], None
+    tries = speed.batch_candidates(*configured)
+    while not packed_cap_gib and tries[-1][0] > 1:
+        tries.append(speed.halve_batch(*tries[-1]))
+    caps = [o.memory_gib, card.memory_gib - CONTEXT_GIB, *([packed_cap_gib] if packed_cap_gib else [])]
+    return tries, min(caps)
+
+
+def choose_batch(exp: ExperimentConfig, d: Dims, c: dict[str, float], card: Card, packed_cap_gib: float | None = None
+                 ) -> tuple[tuple[int, int], int, float | None, Features]:
+    """(the micro-batch the trial will train with, how many larger ones fail first, the cap, its features): the first
+    of batch_attempts whose predicted training peak, with the allocator's fragmentation, fits under the cap."""
+    tries, cap = batch_attempts(exp, card, packed_cap_gib)
+    for i, batch in enumerate(tries):
+        f = features(exp, d, batch=batch[0])
+        if cap is None or _peaks(f, c)[0] * FRAGMENTATION <= cap or i == len(tries) - 1:
+            return batch, i, cap, f
+    raise AssertionError("unreachable: the last attempt is returned")
+
+
 def plan_trial(exp: ExperimentConfig, n_train: int, n_dev: int, calib: Calibration, card: Card,
-               model_path: str | None = None) -> TrialPlan:
+               model_path: str | None = None, packed_cap_gib: float | None = None) -> TrialPlan:
     t = exp.training
     d = model_dims(exp.model.architecture, exp.model.checkpoint, model_path)
-    f = features(exp, d)
     c = calib.coefficients
+    (batch, accum), failed, cap, f = choose_batch(exp, d, c, card, packed_cap_gib)
     train_peak, gen_peak = _peaks(f, c)
-    micro = math.ceil(n_train / t.per_device_train_batch_size)
-    steps_per_epoch = max(1, math.ceil(micro / t.gradient_accumulation_steps))
+    micro = math.ceil(n_train / batch)
+    steps_per_epoch = max(1, math.ceil(micro / accum))
     epochs = t.num_train_epochs
     evals = count_evaluations(steps_per_epoch, epochs, t.eval_steps)
     train_s = epochs * (micro * _micro_s(f, c, card) + steps_per_epoch * c["s_per_step"]) + c["first_step_extra_s"]
     batches = math.ceil(n_dev / t.per_device_eval_batch_size)
     eval_s = evals * (batches * (_eval_batch_s(f, c, card) - c["eval_fixed_s"]) + c["eval_fixed_s"])
-    start = c["trial_start_s"] + c["load_s"] + c["load_s_per_gparam"] * f.params / 1e9
+    # each failed attempt: a model load and a first step that runs out of memory (seq2seq.retry_on_oom reloads)
+    start = c["trial_start_s"] + (1 + failed) * _load_s(f, c) + failed * c["first_step_extra_s"]
     peak = max(train_peak, gen_peak)
+    configured = (t.per_device_train_batch_size, t.gradient_accumulation_steps)
     plan = TrialPlan(
         name=exp.name, arch=d.arch, params=f.params, dims_source=d.source, peak_gib=peak,
         peak_phase="train" if train_peak >= gen_peak else "gen", optimizer_steps=steps_per_epoch * epochs,
         evaluations=evals, train_s=train_s, eval_s=eval_s, trial_s=start + train_s + eval_s,
         fits=peak * FRAGMENTATION + CONTEXT_GIB <= card.memory_gib if card.memory_gib else True,
+        batch=(batch, accum), configured_batch=configured, failed_attempts=failed, cap_gib=cap,
     )
+    if cap is not None and train_peak * FRAGMENTATION > cap:
+        plan.fits = False
+        plan.notes.append(f"over the {cap:.1f} GiB cap even at micro-batch {batch}: CUDA OOM expected")
+    elif batch < configured[0]:
+        plan.notes.append(f"the configured micro-batch {configured[0]}x{configured[1]} is predicted over the "
+                          f"{cap:.1f} GiB cap: the OOM back-off halves it to {batch}x{accum} (on a whole card only: "
+                          "not packed)")
     if plan.fits and card.memory_gib and peak * c["reserved_ratio"] + CONTEXT_GIB > card.memory_gib:
         plan.notes.append("tight: fits, but not with the allocator's usual cache; a few slower steps are possible")
-    elif not plan.fits:
+    elif not plan.fits and cap is None:
         plan.notes.append("CUDA OOM expected at the configured batch; the OOM back-off halves it (same effective batch)")
     return plan
 
@@ -549,7 +654,9 @@ def pack(trials: list[TrialPlan], card_memory_gib: float, enabled: bool = True, 
     # Ray fills GPU 0 first (first fit): on several GPUs no GPU takes more than its part of the trials
     floor = 1 / math.ceil(len(trials) / gpus) if gpus > 1 and trials else 0.0
     for t in trials:
-        need = max(floor, share_gib(t.peak_gib) / card_memory_gib) if card_memory_gib else 2.0
+        # a trial predicted below its configured micro-batch gets there by the back-off a packed trial doesn't have
+        shareable = card_memory_gib and t.batch[0] >= t.configured_batch[0]
+        need = max(floor, share_gib(t.peak_gib) / card_memory_gib) if shareable else 2.0
         fractions[t.name] = math.ceil(need / MIN_PACK_FRACTION_STEP - 1e-9) * MIN_PACK_FRACTION_STEP
     sizes = sorted(v for v in fractions.values() if v <= 1.0)
     packable = enabled and len(sizes) >= 2 and sizes[0] + sizes[1] <= 1.0
@@ -653,10 +760,17 @@ def forecast(experiments: list[ExperimentConfig], data_dir: Path, card: Card, ca
 
     n_train = len(read_split(Path(data_dir), "train", warn=False).frame)  # the run's own checks already warned
     n_dev = len(read_split(Path(data_dir), "dev", warn=False).frame)
-    trials = [plan_trial(e, n_train, n_dev, calib, card, (model_paths or {}).get(e.model.checkpoint))
-              for e in experiments]
+    paths = model_paths or {}
+    trials = [plan_trial(e, n_train, n_dev, calib, card, paths.get(e.model.checkpoint)) for e in experiments]
     gpus = max(1, gpus)
     packed = pack(trials, card.memory_gib, enabled=pack_trials, gpus=gpus)
+    by_name = {e.name: e for e in experiments}
+    for i, t in enumerate(trials):  # under a packed share tighter than its cap a trial may run a smaller micro-batch
+        if t.memory_cap_gib and t.cap_gib and t.memory_cap_gib < t.cap_gib:
+            again = plan_trial(by_name[t.name], n_train, n_dev, calib, card, paths.get(by_name[t.name].model.checkpoint),
+                               packed_cap_gib=t.memory_cap_gib)
+            again.gpu_fraction, again.memory_cap_gib = t.gpu_fraction, t.memory_cap_gib
+            trials[i] = again
     trials = longest_first(trials)
     slow = calib.coefficients.get("packed_slowdown", PACKED_SLOWDOWN)
     sequential = makespan(trials, gpus, 0.0, packed=False)
@@ -684,18 +798,26 @@ def format_forecast(fc: GridForecast) -> str:
         lines.append(f"  no calibration for this card: the H100's, with FLOP terms scaled by dense bf16 "
                      f"{CARDS['h100'].bf16_tflops:.0f}/{fc.card.bf16_tflops:.0f} TFLOP/s and memory-bandwidth terms by "
                      f"{CARDS['h100'].bandwidth_tbs}/{fc.card.bandwidth_tbs} TB/s; per-call overheads as measured there")
-    head = ("config", "arch", "params", "peak GiB", "fits", "steps", "evals", "train", "eval", "trial", "GPU share")
+    head = ("config", "arch", "params", "batch", "peak GiB", "fits", "steps", "evals", "train", "eval", "trial",
+            "GPU share")
     rows = []
     for t in fc.trials:
         share = f"{t.gpu_fraction:.2f} (cap {t.memory_cap_gib:.1f} GiB)" if t.memory_cap_gib else "1 (whole card)"
-        rows.append((t.name, t.arch, f"{t.params / 1e6:.0f}M", f"{t.peak_gib:.1f} ({t.peak_phase})",
-                     "yes" if t.fits and not t.notes else ("tight" if t.fits else "NO"), str(t.optimizer_steps),
+        rows.append((t.name, t.arch, f"{t.params / 1e6:.0f}M", f"{t.batch[0]}x{t.batch[1]}",
+                     f"{t.peak_gib:.1f} ({t.peak_phase})",
+                     ("tight" if any(n.startswith("tight") for n in t.notes) else "yes") if t.fits else "NO", str(t.optimizer_steps),
                      str(t.evaluations), duration(t.train_s), duration(t.eval_s), duration(t.trial_s), share))
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
     lines.append("  " + "  ".join(h.ljust(w) for h, w in zip(head, widths)))
     lines += ["  " + "  ".join(v.ljust(w) for v, w in zip(r, widths)) for r in rows]
     for t in fc.trials:
         lines += [f"  note {t.name}: {n}" for n in t.notes]
+    tried = [t for t in fc.trials if t.failed_attempts]
+    if tried:
+        lines.append("  batch: the micro-batch x accumulation each trial is predicted to train with: the first of the "
+                     "speed plan's splits whose training peak fits its cap; larger ones are tried first and run out of "
+                     "memory (" + ", ".join(f"{t.name} {t.failed_attempts}" for t in tried) +
+                     "), each costing a model load and a step, counted in `trial`")
     gpu_hours = sum(t.trial_s for t in fc.trials) / 3600
     lines.append(f"Grid: {len(fc.trials)} trials, {gpu_hours:.1f} GPU-hours; one trial per GPU at a time: "
                  f"{duration(fc.sequential_s)} wall-clock" + (
@@ -861,9 +983,12 @@ def calibrate(args) -> int:
 
 
 def format_fit(calib: Calibration) -> str:
-    lines = ["| config | peak GiB measured / fitted | step s measured / fitted | eval batch s measured / fitted |",
-             "|---|---|---|---|"]
+    lines = ["| config | batch | peak GiB measured / fitted | step s measured / fitted | eval batch s measured / fitted "
+             "| run_trial s measured / fitted |", "|---|---|---|---|---|---|"]
     for f in calib.fit:
-        lines.append(f"| {f['name']} | {f['peak_gib'][0]:.2f} / {f['peak_gib'][1]:.2f} | {f['step_s'][0]:.3f} / "
-                     f"{f['step_s'][1]:.3f} | {f['eval_batch_s'][0]:.2f} / {f['eval_batch_s'][1]:.2f} |")
+        trial = f.get("run_trial_s")
+        lines.append(f"| {f['name']} | {f.get('batch', '')} | {f['peak_gib'][0]:.2f} / {f['peak_gib'][1]:.2f}"
+                     f"{'' if f.get('peak_clean', True) else ' (measured peak includes an OOM attempt)'} | "
+                     f"{f['step_s'][0]:.3f} / {f['step_s'][1]:.3f} | {f['eval_batch_s'][0]:.2f} / {f['eval_batch_s'][1]:.2f} | "
+                     + (f"{trial[0]:.1f} / {trial[1]:.1f} |" if trial else "- |"))
     return "\n".join(lines)

@@ -28,6 +28,7 @@ from torch.utils.data import SequentialSampler
 from transformers import DataCollatorForSeq2Seq, EarlyStoppingCallback, PrinterCallback, Seq2SeqTrainer
 
 from trainables import speed
+from trainables.speed import halve_batch
 from trainables.callbacks import (
     EvalAtEpochEnd, Report, ReportToTune, StopOnNaN, TrainLossMeter, TrialRecord, extra_callbacks,
 )
@@ -194,16 +195,6 @@ def retry_on_oom(train_once, settings: EffectiveSettings, speed_plan, output_dir
 
 # ---------------------------------------------------------------------------------------------------
 # The pieces
-
-
-def halve_batch(batch_size: int, accumulation: int) -> tuple[int, int]:
-    """OOM back-off: half the per-device batch, twice the accumulation, same effective batch."""
-    if batch_size <= 1:
-        raise RuntimeError(
-            "CUDA out of memory even at per-device batch 1: lower tokenizer.encoder_max_len / decoder_max_len, "
-            "turn on training.gradient_checkpointing or qlora.load_in_4bit, or use a card with more memory"
-        )
-    return batch_size // 2, accumulation * 2
 
 
 def latest_local_checkpoint(output_dir: str) -> str | None:

@@ -91,17 +91,33 @@ def plan(exp: "ExperimentConfig", settings, cuda: bool) -> SpeedPlan:
     bs, accum = settings.train_batch_size, settings.gradient_accumulation_steps
     p.configured_batch = (bs, accum)
     if p.micro_batch:
-        # Same effective batch: every split m x (effective / m) with m >= the configured micro-batch, largest first
-        # (9 x 2 as well as 18 x 1 and 6 x 3: the loss is exact for any split, see seq2seq.token_mean_loss); an
-        # OOM (under the memory cap) steps down this list to the configured batch.
-        effective = bs * accum
-        p.batch_candidates = [(m, effective // m) for m in range(effective, bs - 1, -1) if effective % m == 0]
+        p.batch_candidates = batch_candidates(bs, accum)
         if not cuda:
             p.batch_candidates = [(bs, accum)]
             p.notes.append("no CUDA GPU: configured micro-batch kept")
         settings.train_batch_size, settings.gradient_accumulation_steps = p.batch_candidates[0]
     settings.speed = p
     return p
+
+
+def batch_candidates(batch: int, accumulation: int) -> list[tuple[int, int]]:
+    """The micro-batch splits a trial tries, largest first: every m x (effective / m) with m >= the configured
+    micro-batch at the same effective batch (9 x 2 as well as 18 x 1 and 6 x 3: the loss is exact for any split,
+    see seq2seq.token_mean_loss); an OOM (under the memory cap) steps down this list to the configured batch.
+    The pre-flight plan (trainables.plan) walks the same list to predict which one a trial will run."""
+    effective = batch * accumulation
+    return [(m, effective // m) for m in range(effective, batch - 1, -1) if effective % m == 0]
+
+
+def halve_batch(batch_size: int, accumulation: int) -> tuple[int, int]:
+    """OOM back-off below the configured batch: half the per-device batch, twice the accumulation, same
+    effective batch (odd batches round down)."""
+    if batch_size <= 1:
+        raise RuntimeError(
+            "CUDA out of memory even at per-device batch 1: lower tokenizer.encoder_max_len / decoder_max_len, "
+            "turn on training.gradient_checkpointing or qlora.load_in_4bit, or use a card with more memory"
+        )
+    return batch_size // 2, accumulation * 2
 
 
 def apply_memory_cap(p: SpeedPlan, placed_cap_gib: float | None = None) -> None:
