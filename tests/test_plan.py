@@ -360,6 +360,11 @@ def test_fit_uses_effective_batches_and_keeps_memory_from_the_old_table_where_pe
     # every clean row checkpoints its gradients, so no clean row fits the activation term; chunked loss: no logits term
     assert calib.coefficients["mem_act"] == 0.777 and calib.coefficients["mem_logit"] == 3.33
     assert "kept from" in calib.notes and "mem_act" in calib.notes
+    # the three clean rows (BART with gradient checkpointing) do give the checkpointed activations' coefficient
+    assert "mem_act_gc (3 rows)" in calib.notes and calib.coefficients["mem_act_gc"] != base.coefficients["mem_act"]
+    for f in calib.fit:
+        if f["peak_clean"]:
+            assert f["peak_gib"][1] == pytest.approx(f["peak_gib"][0], rel=0.2), f["name"]
     # a contaminated row's peak (the cap, 19.9 GiB) in the fit would pull the activation coefficient: with its
     # OOM notes removed the rows count as clean and the coefficient is refitted
     cleaned = [{**r, "eff_notes": "", "eff_speed_notes": ""} for r in rows]
@@ -373,3 +378,14 @@ def test_fit_uses_effective_batches_and_keeps_memory_from_the_old_table_where_pe
                    not k.startswith("eff_gradient")} for r in rows]
     bart = plan.fit_calibration(configured, exps, keep_memory_from=base).fit[0]
     assert bart["name"] == "01_baseline_kobart_rtx3090" and bart["batch"] == "8x3"
+
+
+def test_fast_evaluation_generates_from_a_merged_copy_without_4bit_calls():
+    """fast_eval's generation runs a merged half-precision copy: no dequantization calls, bf16 weights read."""
+    exp = by_name("01_mt5_xlsum_ultimate")
+    d = plan.model_dims(exp.model.architecture, exp.model.checkpoint)
+    fast = plan.features(exp, d)
+    exp.speed.fast_eval = False
+    slow = plan.features(exp, d)
+    # mT5's untied 250k-row embeddings stay fp32 beside the 4-bit stack: the bf16 copy reads fewer bytes per token
+    assert slow.gen_calls == 2 * fast.gen_calls and slow.gen_tb > fast.gen_tb

@@ -182,6 +182,7 @@ class Features:
     gen_tb: float  # bytes read from GPU memory per eval batch (weights + KV caches per generated token), in 1e12
     params: int
     trainable: int
+    checkpointed: bool = False  # gradient checkpointing: its activations have their own coefficient (mem_act_gc)
 
 
 def _lora_params(d: Dims, targets: Iterable[str], rank: int) -> tuple[int, int]:
@@ -230,13 +231,16 @@ def features(exp: ExperimentConfig, d: Dims, load_in_4bit: bool | None = None,
     tflop = _training_tflop(d, mods, b, L, T, gc)
     calls = (n_stack + 1) * (2 + (1 if gc else 0)) + lora_calls * 3 + (n_stack * 2 if four_bit else 0)
     dec_calls = sum(c for *_, c, where in mods if where == "dec") + 1
-    gen_calls = dec_calls * gmax * (2 if four_bit else 1)
+    # fast_eval generates from a merged half-precision copy: no 4-bit dequantization, no LoRA branch, bf16 weights
+    merged = exp.speed.enabled and exp.speed.fast_eval
+    gen_calls = dec_calls * gmax * (2 if four_bit and not merged else 1)
+    gen_weights = params * 2 if merged else weights
     return Features(
         static_gib=static / GIB, act_gib=act / GIB, logit_gib=logits / GIB, loss_gib=loss / GIB, gen_gib=gen_bytes / GIB,
         module_calls=calls, tflop=tflop, gen_calls=gen_calls, gen_vocab=hyps * d.vocab * gmax / 1e9,
         gen_ngram=(hyps * gmax * gmax / 2 / 1e6) if gen.no_repeat_ngram_size else 0.0,
-        gen_tb=gmax * (weights + kv / 2) / 1e12,
-        params=params, trainable=trainable,
+        gen_tb=gmax * (gen_weights + kv / 2) / 1e12,
+        params=params, trainable=trainable, checkpointed=gc,
     )
 
 
@@ -296,8 +300,9 @@ def _training_tflop(d: Dims, mods, b: int, L: int, T: int, gc: bool) -> float:
 # ---------------------------------------------------------------------------------------------------
 # Calibration: per-card coefficients, fitted from real-size runs
 
-# Fixed, not fitted: the FLOP term at an assumed 35% of the card's dense bf16 rate, the bandwidth term at 60% of
-# its datasheet bandwidth. On the H100 both are small next to the per-call overheads, which are fitted.
+# The FLOP term's share of the card's dense bf16 rate is fitted (`flop_utilisation`; this default where a table has
+# none or the rows can't tell); the bandwidth term is fixed at 60% of the datasheet bandwidth. On a card without its
+# own table the FLOP term scales by the datasheet ratio at the calibrated card's utilisation.
 FLOP_UTILISATION = 0.35
 BANDWIDTH_UTILISATION = 0.6
 TRAIN_TERMS = ("module_calls",)  # seconds per training micro-batch = s_per_call x module_calls + FLOP term
@@ -364,8 +369,8 @@ def _card_of(name: str) -> Card:
     return Card(low.replace(" ", "-")[:40], name, 0.0, CARDS["h100"].bf16_tflops, CARDS["h100"].bandwidth_tbs)
 
 
-def _fixed_train_s(f: Features, card: Card) -> float:
-    return f.tflop / (card.bf16_tflops * FLOP_UTILISATION)
+def _flop_s(f: Features, card: Card, c: dict[str, float] | None = None) -> float:
+    return f.tflop / (card.bf16_tflops * (c or {}).get("flop_utilisation", FLOP_UTILISATION))
 
 
 def _fixed_gen_s(f: Features, card: Card) -> float:
@@ -400,32 +405,54 @@ def fit_calibration(rows: list[dict[str, Any]], experiments: dict[str, dict[str,
              for r in rows}
     clean = [r for r in rows if not stepped_down(r)]
     kept, fitted = [], []
+    base = dict(keep_memory_from.coefficients) if keep_memory_from else {}
+    if "mem_act" in base:
+        base.setdefault("mem_act_gc", base["mem_act"])  # tables before mem_act_gc had one activation coefficient
 
-    def memory_fit(names: tuple[str, ...], attrs: tuple[str, ...], use: list[dict[str, Any]], target) -> list[float]:
-        """Fit the coefficients `names` (features `attrs`) on `use`; keep those with < 2 rows carrying the feature."""
-        keep = [n for n, a in zip(names, attrs) if sum(1 for r in use if getattr(feats[r["name"]], a) > 0) < 2]
-        if keep and keep_memory_from is None and len(keep) == len(names):
-            keep = []  # nothing to keep them from: fit on what there is
-        base = (keep_memory_from.coefficients if keep_memory_from else {})
-        free = [(n, a) for n, a in zip(names, attrs) if n not in keep]
+    def memory_fit(names: tuple[str, ...], attrs: tuple[str, ...], use: list[dict[str, Any]], target,
+                   fallback: list[dict[str, Any]]) -> list[float | None]:
+        """Fit the coefficients `names` (features `attrs`) on the clean rows `use`; keep from `base` those with fewer
+        than two such rows carrying their feature. Without a table to keep from: on `fallback` rows where `use` has
+        fewer than two (as before there was a choice). None: no row carries the feature."""
+        if not base and len(use) < 2:
+            use = fallback
+        carried = {n: sum(1 for r in use if getattr(feats[r["name"]], a) > 0) for n, a in zip(names, attrs)}
+        keep = [n for n in names if carried[n] < 2 and n in base]
+        free = [(n, a) for n, a in zip(names, attrs) if n not in keep and carried[n]]
         y = [target(r) - sum(base[n] * getattr(feats[r["name"]], a) for n, a in zip(names, attrs) if n in keep)
              for r in use]
         got = dict(zip([n for n, _ in free], _nnls([[getattr(feats[r["name"]], a) for _, a in free] for r in use], y)
-                       if free and use else []))
+                       if free else []))
         kept.extend(keep)
-        fitted.extend(f"{n} ({len(use)} rows)" for n in got)
-        return [base[n] if n in keep else got.get(n, 0.0) for n in names]
+        fitted.extend(f"{n} ({carried[n]} rows)" for n in got)
+        return [base[n] if n in keep else got.get(n) for n in names]
 
-    plain = [r for r in clean if not experiments[r["name"]].training.gradient_checkpointing]
-    a, l = memory_fit(("mem_act", "mem_logit"), ("act_gib", "logit_gib"), plain,
-                      lambda r: r["peak_gpu_train_gib"] - feats[r["name"]].static_gib - feats[r["name"]].loss_gib)
+    def gc_of(r: dict[str, Any]) -> bool:
+        return experiments[r["name"]].training.gradient_checkpointing
+
+    def train_target(r: dict[str, Any]) -> float:
+        return r["peak_gpu_train_gib"] - feats[r["name"]].static_gib - feats[r["name"]].loss_gib
+
+    a, l = memory_fit(("mem_act", "mem_logit"), ("act_gib", "logit_gib"), [r for r in clean if not gc_of(r)],
+                      train_target, [r for r in rows if not gc_of(r)] or rows)
+    a, l = a or 0.0, l or 0.0
+    (a_gc,) = memory_fit(("mem_act_gc",), ("act_gib",), [r for r in clean if gc_of(r)],
+                         lambda r: train_target(r) - l * feats[r["name"]].logit_gib, [r for r in rows if gc_of(r)])
+    a_gc = a if a_gc is None else a_gc  # no checkpointed row at all: the plain coefficient
     # generation sets the peak where the training peak is well below the total (checkpointed BART)
     gen_rows = [r for r in clean if r["peak_gpu_gib"] > 1.1 * r["peak_gpu_train_gib"]]
-    (g,) = memory_fit(("mem_gen",), ("gen_gib",), gen_rows, lambda r: r["peak_gpu_gib"] - feats[r["name"]].static_gib)
+    (g,) = memory_fit(("mem_gen",), ("gen_gib",), gen_rows, lambda r: r["peak_gpu_gib"] - feats[r["name"]].static_gib,
+                      [r for r in rows if r["peak_gpu_gib"] > 1.1 * r["peak_gpu_train_gib"]] or rows)
+    g = g or 0.0
     step_s = [r["train_label_tokens"] / r["optimizer_steps"] / r["train_tok_s_after_step1"] for r in rows]
     accum = [row_batch(experiments[r["name"]], r)[1] for r in rows]
-    call, per_step = _nnls([[k * feats[r["name"]].module_calls, 1.0] for k, r in zip(accum, rows)],
-                           [s - k * _fixed_train_s(feats[r["name"]], card) for s, k, r in zip(step_s, accum, rows)])
+    # step = accumulation x (s_per_call x calls + tflop / (card's bf16 rate x utilisation)) + s_per_step
+    call, per_flop, per_step = _nnls([[k * feats[r["name"]].module_calls, k * feats[r["name"]].tflop / card.bf16_tflops,
+                                       1.0] for k, r in zip(accum, rows)], step_s)
+    utilisation = 1 / per_flop if per_flop > 0 else FLOP_UTILISATION
+    if per_flop <= 0:  # the rows can't see the FLOPs: the term at the default utilisation, the rest refitted
+        call, per_step = _nnls([[k * feats[r["name"]].module_calls, 1.0] for k, r in zip(accum, rows)],
+                               [s - k * _flop_s(feats[r["name"]], card) for s, k, r in zip(step_s, accum, rows)])
     gen = _nnls([[*(getattr(feats[r["name"]], t) for t in GEN_TERMS), 1.0] for r in rows],
                 [r["eval_gen_s"] - _fixed_gen_s(feats[r["name"]], card) for r in rows])
     warm = statistics.median(max(0.0, r["train_s"] - s * r["optimizer_steps"]) for r, s in zip(rows, step_s))
@@ -434,12 +461,14 @@ def fit_calibration(rows: list[dict[str, Any]], experiments: dict[str, dict[str,
     load = _nnls(load_rows, [max(0.1, r["run_trial_s"] - r["train_s"] - r["eval_gen_s"] - failed_attempts(r) * warm)
                              for r in rows])
     reserved = statistics.median(r["peak_gpu_reserved_gib"] / r["peak_gpu_gib"] for r in clean or rows)
-    coef = {"mem_act": a, "mem_logit": l, "mem_gen": g, "s_per_call": call, "s_per_step": per_step,
+    coef = {"mem_act": a, "mem_act_gc": a_gc, "mem_logit": l, "mem_gen": g, "s_per_call": call, "s_per_step": per_step,
+            "flop_utilisation": utilisation,
             **{f"gen_s_per_{t.removeprefix('gen_')}": c for t, c in zip(GEN_TERMS, gen[:-1])}, "eval_fixed_s": gen[-1],
             "first_step_extra_s": warm, "load_s": load[0], "load_s_per_gparam": load[1], "reserved_ratio": reserved,
             "trial_start_s": 8.0, "packed_slowdown": PACKED_SLOWDOWN}
-    if kept and keep_memory_from is not None and "reserved_ratio" in keep_memory_from.coefficients and not clean:
-        coef["reserved_ratio"] = keep_memory_from.coefficients["reserved_ratio"]
+    if not clean and "reserved_ratio" in base:  # every peak includes a failed attempt: reserved/allocated too
+        coef["reserved_ratio"] = base["reserved_ratio"]
+        kept.append("reserved_ratio")
     calib = Calibration(card=rows[0]["card"], key=card.key, memory_gib=card.memory_gib or 0.0,
                         measured=measured, source=source, command=command, coefficients=coef)
     left_out = [r["name"] for r in rows if stepped_down(r)]
@@ -479,12 +508,13 @@ def _chunked_loss(row: dict[str, Any]) -> bool:
 
 
 def _peaks(f: Features, c: dict[str, float]) -> tuple[float, float]:
-    train = f.static_gib + f.loss_gib + c["mem_act"] * f.act_gib + c["mem_logit"] * f.logit_gib
+    act = c.get("mem_act_gc", c["mem_act"]) if f.checkpointed else c["mem_act"]  # tables before mem_act_gc: one
+    train = f.static_gib + f.loss_gib + act * f.act_gib + c["mem_logit"] * f.logit_gib
     return train, f.static_gib + c["mem_gen"] * f.gen_gib
 
 
 def _micro_s(f: Features, c: dict[str, float], card: Card) -> float:
-    return c["s_per_call"] * f.module_calls + _fixed_train_s(f, card)
+    return c["s_per_call"] * f.module_calls + _flop_s(f, card, c)
 
 
 def _eval_batch_s(f: Features, c: dict[str, float], card: Card) -> float:
@@ -974,7 +1004,12 @@ def calibrate(args) -> int:
         raise PlanError("the calibration run wrote no results; see its output above")
     rows = json.loads(out.read_text())
     experiments = {c.name: apply_mode(c, "full")[0] for c in configs}
+    try:  # memory coefficients the new rows can't give (OOM-contaminated peaks) are kept from the card's table so far
+        previous = load_calibration(_card_of(str(rows[0].get("card", ""))).key) if rows else None
+    except PlanError:
+        previous = None
     calib = fit_calibration(rows, experiments, source=str(out), measured=dt.date.today().isoformat(),
+                            keep_memory_from=previous,
                             command=" ".join(["python tune_main7.py plan --calibrate", *(["--only", *args.only] if args.only else [])]))
     path = save_calibration(calib)
     print(f"wrote {path} for {calib.card}")
