@@ -374,6 +374,11 @@ def test_fit_uses_effective_batches_and_keeps_memory_from_the_old_table_where_pe
     assert fit["01_baseline_kobart_rtx3090"]["batch"] == "24x1"
     for f in calib.fit:
         assert f["step_s"][1] == pytest.approx(f["step_s"][0], rel=0.3), f["name"]
+    # rows from the benchmark that resets the peak at each attempt (they count `attempts`) are clean memory rows
+    counted = [{**r, "attempts": 1 + plan.failed_attempts(r)} for r in rows]
+    assert not any(plan.stepped_down(r) for r in counted)
+    assert [plan.failed_attempts(r) for r in counted] == [plan.failed_attempts(r) for r in rows]
+    assert plan.fit_calibration(counted, exps, keep_memory_from=base).coefficients["mem_act"] != 0.777
     configured = [{k: v for k, v in r.items() if not k.startswith("eff_train_batch") and
                    not k.startswith("eff_gradient")} for r in rows]
     bart = plan.fit_calibration(configured, exps, keep_memory_from=base).fit[0]

@@ -549,13 +549,17 @@ def row_batch(exp: ExperimentConfig, row: dict[str, Any]) -> tuple[int, int]:
 
 def failed_attempts(row: dict[str, Any]) -> int:
     """How many micro-batches a row's trial tried and gave up on (CUDA OOM) before the one it trained with."""
+    if row.get("attempts"):  # gpu_configs.py rows since it counts them
+        return max(0, int(row["attempts"]) - 1)
     return str(row.get("eff_notes") or "").count("CUDA OOM at per-device batch")
 
 
 def stepped_down(row: dict[str, Any]) -> bool:
-    """Whether a row's trial ran out of memory at a larger micro-batch first: its peak includes that failed attempt
-    (gpu_configs.py did not reset the peak between attempts), so it is no measurement of the batch it ran."""
-    return failed_attempts(row) > 0 or "ran out of memory" in str(row.get("eff_speed_notes") or "")
+    """Whether a row's peak includes a failed larger micro-batch: its trial ran out of memory first, and the row comes
+    from gpu_configs.py before it reset the peak at each attempt (rows without `attempts`), so the peak is no
+    measurement of the batch the trial ran."""
+    oom = failed_attempts(row) > 0 or "ran out of memory" in str(row.get("eff_speed_notes") or "")
+    return oom and "attempts" not in row
 
 
 def _load_s(f: Features, c: dict[str, float]) -> float:
