@@ -171,8 +171,7 @@ class Features:
 
     static_gib: float  # weights as loaded (4-bit stack or fp32) + LoRA params with grads and Adam state
     act_gib: float  # saved activations of one training micro-batch (encoder/decoder layers, attention)
-    logit_gib: float  # the training logits: micro-batch x decoder length x vocab, 4 bytes each (plain loss; 0 chunked)
-    loss_gib: float  # the chunked loss (speed: chunked_loss): logits and their gradient in their own dtype + workspace
+    logit_gib: float  # the training logits: micro-batch x decoder length x vocab, 4 bytes each
     gen_gib: float  # generation of one eval batch: KV caches, expanded encoder states, beams' logits, 4 bytes
     module_calls: float  # linear-layer calls per training micro-batch (base + LoRA + 4-bit dequant, x recompute)
     tflop: float  # FLOPs of one training micro-batch, in 1e12
@@ -198,13 +197,10 @@ def _lora_params(d: Dims, targets: Iterable[str], rank: int) -> tuple[int, int]:
     return params, calls
 
 
-def features(exp: ExperimentConfig, d: Dims, load_in_4bit: bool | None = None,
-             chunked_loss: bool | None = None, batch: int | None = None) -> Features:
-    """`load_in_4bit`, `chunked_loss`, `batch` (the training micro-batch): what a run really did or will do, where it
-    differs from the config (the speed plan's larger micro-batch, an OOM back-off)."""
+def features(exp: ExperimentConfig, d: Dims, load_in_4bit: bool | None = None, batch: int | None = None) -> Features:
+    """`load_in_4bit`, `batch` (the training micro-batch): what a run really did or will do, where it differs from
+    the config (the speed plan's larger micro-batch, an OOM back-off)."""
     t, tok, gen, q = exp.training, exp.tokenizer, exp.generation, exp.qlora
-    if chunked_loss is None:
-        chunked_loss = exp.speed.enabled and exp.speed.chunked_loss
     four_bit = (q.use_qlora and q.load_in_4bit) if load_in_4bit is None else load_in_4bit
     lora = q.use_qlora
     gc = t.gradient_checkpointing
@@ -220,11 +216,11 @@ def features(exp: ExperimentConfig, d: Dims, load_in_4bit: bool | None = None,
     static = weights + trainable * 12  # + gradient and two Adam moments (fp32)
     n_stack = sum(c for *_, c, _ in mods)
     act = _activation_bytes(d, b, L, T, gc)
-    # Measured on an H100 (2026-11-26, benchmarks/results/packed-ray-2026-11-26-h100.json): with the chunked loss
-    # 01_mt5_xlsum_ultimate still peaked at 16.5 GiB at 4 x 4 (16.6 with the plain loss the day before), where the
-    # modelled saving said 13.6; packed caps sized from it ran out of memory. Until the peak is understood the plan
-    # sizes memory as for the plain loss, which matched within 5%.
-    logits, loss = _logit_bytes(exp, d, b * T, chunked=False)
+    # The logits term is sized as for the plain loss whether or not speed.chunked_loss is on: measured on an H100
+    # (2026-11-26, benchmarks/results/packed-ray-2026-11-26-h100.json) 01_mt5_xlsum_ultimate still peaked at 16.5 GiB
+    # at 4 x 4 with the chunked loss (16.6 with the plain loss the day before), where a modelled saving said 13.6,
+    # and packed caps sized from that saving ran out of memory.
+    logits = b * T * d.vocab * 4
     be, beams, gmax = t.per_device_eval_batch_size, gen.num_beams, gen.max_length
     hyps = be * beams
     kv, gen_bytes = _generation_bytes(d, be, hyps, L, gmax)
@@ -236,30 +232,12 @@ def features(exp: ExperimentConfig, d: Dims, load_in_4bit: bool | None = None,
     gen_calls = dec_calls * gmax * (2 if four_bit and not merged else 1)
     gen_weights = params * 2 if merged else weights
     return Features(
-        static_gib=static / GIB, act_gib=act / GIB, logit_gib=logits / GIB, loss_gib=loss / GIB, gen_gib=gen_bytes / GIB,
+        static_gib=static / GIB, act_gib=act / GIB, logit_gib=logits / GIB, gen_gib=gen_bytes / GIB,
         module_calls=calls, tflop=tflop, gen_calls=gen_calls, gen_vocab=hyps * d.vocab * gmax / 1e9,
         gen_ngram=(hyps * gmax * gmax / 2 / 1e6) if gen.no_repeat_ngram_size else 0.0,
         gen_tb=gmax * (gen_weights + kv / 2) / 1e12,
         params=params, trainable=trainable, checkpointed=gc,
     )
-
-
-def _logit_bytes(exp: ExperimentConfig, d: Dims, rows: int, chunked: bool) -> tuple[float, float]:
-    """(fp32 logit bytes, which the calibration's `mem_logit` scales; raw bytes of the chunked loss) of one
-    training micro-batch of `rows` decoder tokens.
-
-    The plain loss (an fp32 copy, its fp32 log-softmax, fp32 gradients) was fitted as a multiple of the fp32
-    logits. The chunked loss (trainables.losses) makes none of those: it keeps the logits and writes their
-    gradient in the logits' own dtype (half precision under autocast; fp32 for BART, whose fp32
-    final_logits_bias promotes them), plus at most two fp32 chunks of rows as workspace."""
-    from trainables.losses import CHUNK_BYTES, WORKSPACE_CHUNKS
-
-    fp32 = rows * d.vocab * 4
-    if not chunked:
-        return fp32, 0.0
-    half = exp.training.bf16 or exp.training.fp16
-    own = fp32 if d.arch == "bart" or not half else fp32 / 2
-    return 0.0, 2 * own + WORKSPACE_CHUNKS * min(CHUNK_BYTES, fp32)
 
 
 def _activation_bytes(d: Dims, b: int, L: int, T: int, gc: bool) -> float:
@@ -384,8 +362,8 @@ def fit_calibration(rows: list[dict[str, Any]], experiments: dict[str, dict[str,
     eff_gradient_accumulation_steps: the speed plan's larger micro-batch, or an OOM back-off's smaller one).
 
     Memory: training peak = fixed + a x activations + l x logits (fitted on configs without gradient
-    checkpointing, whose training peak is measured cleanly; a row whose run chunked its loss has no fp32 logits
-    term, its loss bytes counted as they are); generation peak = fixed + g x generation bytes. Rows that stepped
+    checkpointing, whose training peak is measured cleanly; the logits term is the same with the chunked loss, as
+    measured); generation peak = fixed + g x generation bytes. Rows that stepped
     down their micro-batch after an OOM are left out of the memory fit (their peak includes the failed attempt);
     a memory coefficient with fewer than two clean rows that carry its feature is kept from `keep_memory_from`
     (the card's table so far), and the table's notes say which.
@@ -401,7 +379,7 @@ def fit_calibration(rows: list[dict[str, Any]], experiments: dict[str, dict[str,
     feats = {r["name"]: features(experiments[r["name"]], model_dims(experiments[r["name"]].model.architecture,
                                                                       experiments[r["name"]].model.checkpoint,
                                                                       r.get("model_path")), r.get("eff_load_in_4bit"),
-                                   _chunked_loss(r), batch=row_batch(experiments[r["name"]], r)[0])
+                                   batch=row_batch(experiments[r["name"]], r)[0])
              for r in rows}
     clean = [r for r in rows if not stepped_down(r)]
     kept, fitted = [], []
@@ -431,7 +409,7 @@ def fit_calibration(rows: list[dict[str, Any]], experiments: dict[str, dict[str,
         return experiments[r["name"]].training.gradient_checkpointing
 
     def train_target(r: dict[str, Any]) -> float:
-        return r["peak_gpu_train_gib"] - feats[r["name"]].static_gib - feats[r["name"]].loss_gib
+        return r["peak_gpu_train_gib"] - feats[r["name"]].static_gib
 
     a, l = memory_fit(("mem_act", "mem_logit"), ("act_gib", "logit_gib"), [r for r in clean if not gc_of(r)],
                       train_target, [r for r in rows if not gc_of(r)] or rows)
@@ -502,14 +480,9 @@ def save_calibration(calib: Calibration, path: Path | None = None) -> Path:
 # Predictions
 
 
-def _chunked_loss(row: dict[str, Any]) -> bool:
-    """Whether a benchmark row's run chunked its loss (rows measured before speed.chunked_loss existed did not)."""
-    return bool(row.get("eff_speed_chunked_loss", False))
-
-
 def _peaks(f: Features, c: dict[str, float]) -> tuple[float, float]:
     act = c.get("mem_act_gc", c["mem_act"]) if f.checkpointed else c["mem_act"]  # tables before mem_act_gc: one
-    train = f.static_gib + f.loss_gib + act * f.act_gib + c["mem_logit"] * f.logit_gib
+    train = f.static_gib + act * f.act_gib + c["mem_logit"] * f.logit_gib
     return train, f.static_gib + c["mem_gen"] * f.gen_gib
 
 
@@ -528,8 +501,7 @@ def predict_benchmark(exp: ExperimentConfig, row: dict[str, Any], calib: Calibra
     card = card or _card_of(calib.card)
     c = calib.coefficients
     batch, accum = row_batch(exp, row)
-    f = f or features(exp, model_dims(exp.model.architecture, exp.model.checkpoint), chunked_loss=_chunked_loss(row),
-                      batch=batch)
+    f = f or features(exp, model_dims(exp.model.architecture, exp.model.checkpoint), batch=batch)
     train, gen = _peaks(f, c)
     step = accum * _micro_s(f, c, card) + c["s_per_step"]
     steps = row.get("optimizer_steps") or 3

@@ -21,8 +21,10 @@ batch, beams, lengths, evaluation cadence, early stopping):
   fit a 24 GB card falls back, step by step, to the configured one.
 - `chunked_loss`: the training loss (and the dev loss) computed from the logits in their own dtype, one chunk
   of rows at a time in fp32 (trainables.losses), instead of on a full fp32 copy with an fp32 log-softmax and
-  fp32 gradients: on mT5's 250,112-token vocabulary those copies are what kept the larger micro-batch over the
-  memory cap. Same loss and gradients to float rounding (tests/test_losses.py states the bounds).
+  fp32 gradients on mT5's 250,112-token vocabulary. Same loss and gradients to float rounding (tests/test_losses.py
+  states the bounds). Measured on an H100 it did not lower the mT5 configs' peak (16.5 GiB at 4 x 4 against 16.6
+  with the plain loss): their activations at 512-1024 input tokens fill the 20 GiB cap first, so the larger
+  micro-batches still step down (BENCHMARKS.md).
 - `tf32` matmuls for what still runs in fp32.
 - `no_cudnn_attention`: scaled-dot-product attention may use flash, memory-efficient or math kernels, not cuDNN's.
   With torch 2.11 on an H100, SDPA picked cuDNN for bf16/fp16 and each call spent ~7 ms of CPU building a graph for
