@@ -33,8 +33,15 @@ def test_smoke_grid_finishes_all_seven_trials(smoke_grid):
         assert training["gradient_accumulation_steps"] > 1 and training["eval_steps"]
         assert frame["step"].is_monotonic_increasing and frame["step"].is_unique, list(frame["step"])
         epochs = frame["epoch"].apply(math.ceil)
-        assert sorted(set(epochs)) == list(range(1, training["num_train_epochs"] + 1)), list(frame["epoch"])
-        assert (epochs.value_counts() >= 2).all(), list(frame["epoch"])
+        last_epoch = training["num_train_epochs"]
+        if frame["epoch"].iloc[-1] < last_epoch:  # stopped early: `patience` evaluations without a better score
+            scores = frame[trial.config["experiment"]["metric"]["best_metric"]].tolist()
+            first_best = scores.index(max(scores))  # EarlyStoppingCallback needs a strictly better score
+            assert training["early_stopping_patience"], list(frame["epoch"])
+            assert len(scores) - 1 - first_best == training["early_stopping_patience"], scores
+            last_epoch = epochs.iloc[-1] - 1  # the epoch it stopped in is partial
+        assert set(range(1, last_epoch + 1)) <= set(epochs), list(frame["epoch"])
+        assert (epochs.value_counts()[list(range(1, last_epoch + 1))] >= 2).all(), list(frame["epoch"])
         for column in ("rouge1", "rouge2", "rougeL", "competition_score", "eval_loss", "train_loss", "eff_precision",
                        "eff_load_in_4bit"):
             assert column in frame and frame[column].notna().all()
