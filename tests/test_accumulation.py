@@ -88,7 +88,7 @@ def test_same_effective_batch_same_first_step(configs, standins, eight_rows, tmp
 def test_oom_back_off_keeps_the_gradient(configs, standins, eight_rows, tmp_path):  # noqa: F811
     """halve_batch's 8 x 1 -> 4 x 2 -> 2 x 4 -> 1 x 8: one gradient, on mT5 with LoRA on the tied head and
     embeddings in 4 bits (the config that adapts the most)."""
-    from trainables.seq2seq import halve_batch
+    from trainables.speed import halve_batch
 
     exp = accumulation_exp(configs, MT5_TIED_CONFIG, "qlora")
     path = standins("mt5")

@@ -21,7 +21,8 @@ from trainables.models import (
     load_tokenizer,
     resolve_lora_targets,
 )
-from trainables.seq2seq import halve_batch, run_trial
+from trainables.seq2seq import run_trial
+from trainables.speed import halve_batch
 
 MT5_CONFIG = "01_mt5_xlsum_optimized_v2"
 BART_CONFIG = "01_baseline_kobart_rtx3090"

@@ -37,14 +37,14 @@ def generate_summaries(model, tokenizer, dialogues: list[str], exp: ExperimentCo
     inputs = framing.encode_inputs(tokenizer, model_inputs(dialogues, tok.input_prefix), tok.encoder_max_len)
     batch_size = batch_size or exp.training.per_device_eval_batch_size
     model.eval()
+    no_cudnn = exp.speed.enabled and exp.speed.no_cudnn_attention and device.type == "cuda"  # as the trial evaluated
     out: list[str] = []
     for start in range(0, len(inputs), batch_size):
         rows = inputs[start:start + batch_size]
         width = max(len(r) for r in rows)
         input_ids = torch.tensor([r + [framing.pad_id] * (width - len(r)) for r in rows], device=device)
         attention_mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], device=device)
-        no_cudnn = exp.speed.enabled and exp.speed.no_cudnn_attention and device.type == "cuda"
-        with torch.no_grad(), sdpa_without_cudnn(no_cudnn):  # as the trial's evaluation generated
+        with torch.no_grad(), sdpa_without_cudnn(no_cudnn):
             ids = model.generate(input_ids=input_ids, attention_mask=attention_mask, **generation_kwargs(gen))
         out += framing.decode(tokenizer, ids)
     return out

@@ -13,7 +13,8 @@ trials could not run them), and Apple's cut-cross-entropy fuses the output proje
 the hidden states and the lm_head weight, not the logits: it does not fit a 4-bit model with LoRA on its tied
 lm_head through the Trainer's `compute_loss_func`. The arithmetic below is ~40 lines of plain torch.
 
-torch is imported lazily (trainables.plan reads CHUNK_BYTES without it).
+Each function here also gives the plain computation (`chunked=False`, what `speed: off` runs), so the trainer's loss
+and the fast evaluation's dev loss choose between the two in one place. torch is imported lazily.
 """
 
 from __future__ import annotations
@@ -22,10 +23,9 @@ import functools
 
 IGNORE_INDEX = -100
 # fp32 bytes of one chunk of rows (rows = CHUNK_BYTES // (vocab x 4)): 268 rows of mT5's vocabulary. A chunk's
-# work has at most WORKSPACE_CHUNKS such tensors alive at once (its fp32 upcast, and logsumexp's shifted
-# exponentials or the backward's softmax); trainables.plan counts them.
+# work has at most two such tensors alive at once (its fp32 upcast, and logsumexp's shifted exponentials or the
+# backward's softmax).
 CHUNK_BYTES = 256 * 2**20
-WORKSPACE_CHUNKS = 2
 
 
 def chunk_rows(vocab: int) -> int:
@@ -95,11 +95,27 @@ def chunked_cross_entropy(logits, labels, rows: int | None = None):
     return _function().apply(logits, labels.to(logits.device), rows or chunk_rows(logits.shape[-1]))
 
 
-def token_cross_entropy(logits, labels, rows: int | None = None):
-    """Per-token fp32 cross-entropy (shape of `labels`, 0 where ignored), chunked, no autograd: the dev loss."""
+def summed_cross_entropy(logits, labels, chunked: bool):
+    """Summed fp32 cross-entropy of `logits` (..., V) against `labels` (...), -100 ignored: chunked
+    (chunked_cross_entropy) or the plain `F.cross_entropy` on an fp32 copy of the logits."""
+    if chunked:
+        return chunked_cross_entropy(logits, labels)
+    import torch.nn.functional as F
+
+    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.to(logits.device).reshape(-1),
+                           ignore_index=IGNORE_INDEX, reduction="sum")
+
+
+def token_cross_entropy(logits, labels, rows: int | None = None, chunked: bool = True):
+    """Per-token fp32 cross-entropy (shape of `labels`, 0 where ignored), no autograd: the dev loss. Chunked, or
+    (`chunked=False`) the plain `F.cross_entropy` on an fp32 copy of the logits."""
     import torch
 
+    labels = labels.to(logits.device)
     with torch.no_grad():
+        if not chunked:
+            return torch.nn.functional.cross_entropy(logits.float().transpose(1, 2), labels,
+                                                     ignore_index=IGNORE_INDEX, reduction="none")
         flat = logits.reshape(-1, logits.shape[-1])
-        _, loss = _token_losses(flat, labels.to(logits.device).reshape(-1), rows or chunk_rows(logits.shape[-1]))
+        _, loss = _token_losses(flat, labels.reshape(-1), rows or chunk_rows(logits.shape[-1]))
     return loss.view(labels.shape)

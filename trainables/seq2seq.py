@@ -28,7 +28,6 @@ from torch.utils.data import SequentialSampler
 from transformers import DataCollatorForSeq2Seq, EarlyStoppingCallback, PrinterCallback, Seq2SeqTrainer
 
 from trainables import speed
-from trainables.speed import halve_batch
 from trainables.callbacks import (
     EvalAtEpochEnd, Report, ReportToTune, StopOnNaN, TrainLossMeter, TrialRecord, extra_callbacks,
 )
@@ -183,7 +182,7 @@ def retry_on_oom(train_once, settings: EffectiveSettings, speed_plan, output_dir
         smaller = speed.back_off(speed_plan, settings)
         if smaller is None and packed:
             raise overrun_error(name, packed, settings.train_batch_size, settings.gradient_accumulation_steps)
-        bs, accum = smaller or halve_batch(settings.train_batch_size, settings.gradient_accumulation_steps)
+        bs, accum = smaller or speed.halve_batch(settings.train_batch_size, settings.gradient_accumulation_steps)
         note = f"CUDA OOM at per-device batch {settings.train_batch_size}: retrying with {bs} x {accum} accumulation"
         log.warning("%s: %s", name, note)
         settings = settings.with_batch(bs, accum, note)
@@ -301,17 +300,11 @@ def token_mean_loss(outputs, labels, num_items_in_batch=None, chunked: bool = Fa
 
     `chunked` (speed: chunked_loss): the same sum from trainables.losses, without full-size fp32 copies of the
     logits; off, the plain F.cross_entropy on an fp32 copy."""
-    import torch.nn.functional as F
-
-    from trainables.losses import chunked_cross_entropy
+    from trainables.losses import summed_cross_entropy
 
     logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
     labels = labels.to(logits.device)
-    if chunked:
-        total = chunked_cross_entropy(logits, labels)
-    else:
-        total = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100,
-                                reduction="sum")
+    total = summed_cross_entropy(logits, labels, chunked)
     count = num_items_in_batch if num_items_in_batch is not None else labels.ne(-100).sum()
     return total / count
 

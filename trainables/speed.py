@@ -16,8 +16,8 @@ batch, beams, lengths, evaluation cadence, early stopping):
   back in file order before scoring; beam search skips reordering the cross-attention cache (equal across a
   dialogue's beams). The dev loss is the training model's, grouped into the config's own
   evaluation batches, so `eval_loss` keeps its plain meaning.
-- `micro_batch`: a larger per-device batch with less accumulation at the same effective batch (only where
-  the accumulation divides), under a per-process GPU memory cap (`memory_gib`) so that a batch that would not
+- `micro_batch`: a larger per-device batch with less accumulation at the same effective batch (every split of
+  the effective batch down to the configured micro-batch, `batch_candidates`), under a per-process GPU memory cap (`memory_gib`) so that a batch that would not
   fit a 24 GB card falls back, step by step, to the configured one.
 - `chunked_loss`: the training loss (and the dev loss) computed from the logits in their own dtype, one chunk
   of rows at a time in fp32 (trainables.losses), instead of on a full fp32 copy with an fp32 log-softmax and
@@ -36,6 +36,7 @@ reported with the trial's results as `eff_speed_*`.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
@@ -423,11 +424,7 @@ def dev_loss(trainer, rows, chunked: bool = False) -> float:
             keys = ("input_ids", "attention_mask", "decoder_input_ids" if "decoder_input_ids" in batch else "labels")
             with trainer.compute_loss_context_manager():
                 logits = model(**_on_device(batch, device, keys)).logits
-            if chunked:
-                ce = token_cross_entropy(logits, labels).sum(1)
-            else:
-                ce = torch.nn.functional.cross_entropy(logits.float().transpose(1, 2), labels, ignore_index=-100,
-                                                       reduction="none").sum(1)
+            ce = token_cross_entropy(logits, labels, chunked=chunked).sum(1)
             sums[batch_idx] = ce.double().cpu().numpy()
             counts[batch_idx] = (labels != -100).sum(1).cpu().numpy()
             del logits
@@ -485,13 +482,21 @@ def beam_cache(beams: int):
     evaluation's GPU kernel time in the H100 profile (`aten::gather`/`index_select`). None without beams."""
     if beams <= 1:
         return None
-    from transformers.cache_utils import DynamicCache, EncoderDecoderCache
+    from transformers.cache_utils import DynamicCache
+
+    return _self_attention_reorder_cache()(DynamicCache(), DynamicCache())
+
+
+@functools.cache
+def _self_attention_reorder_cache():
+    """The cache class, defined once (transformers is imported lazily)."""
+    from transformers.cache_utils import EncoderDecoderCache
 
     class SelfAttentionReorderCache(EncoderDecoderCache):
         def reorder_cache(self, beam_idx):
             self.self_attention_cache.reorder_cache(beam_idx)
 
-    return SelfAttentionReorderCache(DynamicCache(), DynamicCache())
+    return SelfAttentionReorderCache
 
 
 def _generate_in_file_order(trainer, p: SpeedPlan, gen_model, rows):
