@@ -1,9 +1,9 @@
 """Prove all seven configs on a GPU: real batch, accumulation, lengths, beams and LoRA/QLoRA settings.
 
 For each experiment in search_spaces/ (or `--only NAME...`) this runs a few optimizer steps and one evaluation
-with generation through the project's own trainable (`trainables.seq2seq.run_trial`, called directly without
+with generation through the project's own trainable (`trainables.trial.recipe.run_trial`, called directly without
 Ray), on a stand-in model of the REAL size (random weights, the real checkpoint's dimensions and vocabulary
-size, `trainables.models.build_standin(..., size="real")`) and synthetic Korean-like data that fills the
+size, its family's `build_standin(..., size="real")`) and synthetic Korean-like data that fills the
 config's encoder and decoder lengths after truncation, so memory is the worst case.
 
 What differs from `--mode full` (everything else is the config as `apply_mode(cfg, "full")` gives it):
@@ -39,12 +39,13 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from trainables.telemetry import GPU_FIELDS, THROUGHPUT_FIELDS  # noqa: E402  (light: no torch at import)
+from trainables.trial.telemetry import GPU_FIELDS, THROUGHPUT_FIELDS  # noqa: E402  (light: no torch at import)
 
 RESULT_PREFIX = "BENCH_RESULT "
 BENCH_CACHE = "/tmp/bench-cache"  # stand-ins built once per architecture, shared by every benchmark script
 MEMORY_LIMIT_GIB = 22.0  # the seed team's RTX 3090 (24 GB) less headroom
 TINY_LIMITS = {"encoder_max_len": 64, "decoder_max_len": 16}
+TINY_PROMPT_LIMIT = 192  # a decoder-only config's encoder_max_len: room for its chat template and a dialogue
 
 
 def say(*parts: Any) -> None:
@@ -140,20 +141,22 @@ def write_data(data_dir: Path, tokenizer, prefix: str, enc_len: int, dec_len: in
 def bench_config(cfg, args, placement: dict[str, Any] | None = None) -> dict[str, Any]:
     """One config's benchmark row. `placement`: the trial's share of the GPU as the driver planned it (a Placement's
     fields; multi_gpu_grid.py passes the Ray trial's run.placement entry): the trial caps itself at it through the
-    project's own path (seq2seq.decide_trial_settings), and its eff_* placement fields land in the row."""
+    project's own path (recipe.decide_trial_settings), and its eff_* placement fields land in the row."""
     import torch
 
-    from trainables import seq2seq
-    from trainables.plan import PackedTrialOverrun
+    from trainables.trial import recipe
+    from trainables.trial.placement import PackedTrialOverrun
     from trainables.config import apply_mode
-    from trainables.models import build_standin, load_tokenizer
+    from trainables.trial.families import family_of
 
     size = "tiny" if args.tiny else "real"
     exp, _ = apply_mode(cfg, "full")
     t, tok, gen = exp.training, exp.tokenizer, exp.generation
     t.num_train_epochs, t.eval_steps, t.early_stopping_patience, t.logging_steps = 1, None, None, 1
+    family = family_of(exp.model.architecture)  # the config's model family builds its stand-in, loads its tokenizer
     if args.tiny:  # short lengths so the script can be tested on a CPU
-        tok.encoder_max_len = min(tok.encoder_max_len, TINY_LIMITS["encoder_max_len"])
+        prompt_limit = TINY_LIMITS["encoder_max_len"] if family.name == "seq2seq" else TINY_PROMPT_LIMIT
+        tok.encoder_max_len = min(tok.encoder_max_len, prompt_limit)
         tok.decoder_max_len = min(tok.decoder_max_len, TINY_LIMITS["decoder_max_len"])
         gen.max_length = min(gen.max_length, tok.decoder_max_len)
     asked_min_length = gen.min_length
@@ -163,11 +166,11 @@ def bench_config(cfg, args, placement: dict[str, Any] | None = None) -> dict[str
     cuda = torch.cuda.is_available()
     t0 = time.time()
     # a benchmark needs no warm start (minutes for tiny models on a busy CPU; real sizes never get one)
-    model_path = build_standin(arch, tokenizer_corpus(), Path(args.cache_dir), size=size, warm_start=False)
+    model_path = family.build_standin(arch, tokenizer_corpus(), Path(args.cache_dir), size=size, warm_start=False)
     build_s = time.time() - t0
     say(f"  [{exp.name}] stand-in {arch}-{size} ready in {build_s:.1f}s: {model_path}")
 
-    tokenizer = load_tokenizer(str(model_path), tok.special_tokens)
+    tokenizer = family.load_tokenizer(str(model_path), exp)
     n_train = t.per_device_train_batch_size * t.gradient_accumulation_steps * args.steps
     n_dev = t.per_device_eval_batch_size
     data_dir = Path(tempfile.mkdtemp(prefix=f"bench-data-{exp.name}-"))
@@ -202,9 +205,9 @@ def bench_config(cfg, args, placement: dict[str, Any] | None = None) -> dict[str
     t0 = time.time()
     error = None
     try:
-        final = seq2seq.run_trial(config, lambda metrics, ckpt: reports.append(metrics))
+        final = recipe.run_trial(config, lambda metrics, ckpt: reports.append(metrics))
     except PackedTrialOverrun:
-        raise  # Ray must see it: the trial is retried on a whole GPU (trainables.overrun)
+        raise  # Ray must see it: the trial is retried on a whole GPU (trainables.driver.overrun)
     except Exception as err:  # an OOM at batch 1 or any other failure is a result too
         final, error = {}, f"{type(err).__name__}: {str(err).splitlines()[0][:300] if str(err) else ''}"
     total_s = time.time() - t0
@@ -253,7 +256,7 @@ def bench_config(cfg, args, placement: dict[str, Any] | None = None) -> dict[str
         "data": data,
         "eval": {k: v for k, v in (timing.get("eval_metrics") or {}).items() if k in ("eval_loss", "eval_gen_len")},
         "train_losses": [r.get("train_loss") for r in reports],
-        # what each report carried from trainables.telemetry (NVML on a GPU; throughput always)
+        # what each report carried from trainables.trial.telemetry (NVML on a GPU; throughput always)
         "telemetry": [{k: r[k] for k in (*GPU_FIELDS, *THROUGHPUT_FIELDS) if k in r} for r in reports],
         "memory_cap_gib": args.memory_cap_gib,
         **eff,
@@ -320,21 +323,21 @@ def _run_config(args, name: str, cap_gib: float | None, quiet: bool = False) -> 
 
 
 def packed_caps(args, names: list[str]) -> dict[str, float | None]:
-    """Each config's memory cap when packed, from the plan (trainables/plan.py) for this card."""
+    """Each config's memory cap when packed, from the plan (trainables/driver/plan.py, packing.py) for this card."""
     import torch
 
-    from trainables import plan
     from trainables.config import apply_mode, load_search_space
+    from trainables.driver import calibration, packing, plan
 
     if not torch.cuda.is_available():  # --tiny on a CPU: nothing to cap
         return {n: None for n in names}
-    card_key, _ = plan.local_card()
+    card_key, _ = calibration.local_card()
     total_gib = torch.cuda.get_device_properties(0).total_memory / 2**30
-    card, calib, _ = plan.resolve_card(card_key)
-    card = plan.Card(card.key, card.name, total_gib, card.bf16_tflops, card.bandwidth_tbs)
+    card, calib, _ = calibration.resolve_card(card_key)
+    card = calibration.Card(card.key, card.name, total_gib, card.bf16_tflops, card.bandwidth_tbs)
     trials = [plan.plan_trial(apply_mode(c, "full")[0], 100, 10, calib, card)
               for c in load_search_space(Path(args.search_space), names)]
-    plan.pack(trials, total_gib)
+    packing.pack(trials, total_gib)
     return {t.name: t.memory_cap_gib for t in trials}
 
 
@@ -401,7 +404,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="cap this process's GPU memory (e.g. 22 to act like a 24 GB RTX 3090): OOM back-off then shows")
     p.add_argument("--parallel", action="store_true",
                    help="packed: run the configs' processes all at once, each capped at its planned share of the card "
-                        "(trainables/plan.py); writes {packed_wall_s, rows}")
+                        "(trainables/driver/plan.py, packing.py); writes {packed_wall_s, rows}")
     p.add_argument("--one", metavar="NAME", help=argparse.SUPPRESS)  # internal: one config, in this process
     args = p.parse_args(argv)
     if args.steps < 1:

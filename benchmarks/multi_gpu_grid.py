@@ -2,11 +2,11 @@
 one GPU, or against all GPUs at once (and, with --pack, packed onto them) on several.
 
 Each trial is one config of `benchmarks/gpu_configs.py` (a real-size random-weight stand-in, synthetic data filling
-the config's lengths, --steps optimizer steps and one generation batch), scheduled by `trainables.grid.build_tuner`.
+the config's lengths, --steps optimizer steps and one generation batch), scheduled by `trainables.driver.grid.build_tuner`.
 Placement is the driver's own: `launch.preflight` plans the grid as `tune_main7.py --mode full` does on this
 machine's GPUs (plan.forecast on --data-dir's row counts, plan.placements), orders the trials longest first and puts
 each trial's share in run.placement; Ray gets the trial's fraction (grid's resources function) and the trial caps its
-own allocator from the fraction Ray gave it (seq2seq.decide_trial_settings, plan.apply_memory_cap), because the
+own allocator from the fraction Ray gave it (recipe.decide_trial_settings, placement.apply_memory_cap), because the
 benchmark hands the trial's placement to the TrialConfig it runs (gpu_configs.bench_config). Passes:
 
   one GPU:       one at a time (a whole GPU each, --no-pack)  vs  packed (the plan's fractions, all may start at once)
@@ -83,8 +83,8 @@ def run_pass(label: str, names: list[str], gpus: int, pack: bool, max_concurrent
     from ray.tune import ExperimentAnalysis
 
     from trainables.config import RunContext, apply_mode, load_search_space
-    from trainables.grid import GridPlan, build_tuner
-    from trainables.launch import preflight
+    from trainables.driver.grid import GridPlan, build_tuner
+    from trainables.driver.launch import preflight
 
     experiments = [apply_mode(c, "full")[0] for c in load_search_space(Path(bench["search_space"]), names)]
     run = RunContext(mode="full", data_dir=str(data_dir), models=models)
@@ -146,14 +146,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
 
-    import os
+    from trainables.process import set_defaults
 
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the project's trial table, as tune_main7.py shows it
+    set_defaults({"RAY_AIR_NEW_OUTPUT": "0"})  # the project's trial table, as tune_main7.py shows it
     import ray
     import torch
 
     from trainables.config import ModelLocation, load_search_space
-    from trainables.models import build_standin
+    from trainables.trial.families.seq2seq.standin import build_standin
 
     gpus = args.made_up_gpus or torch.cuda.device_count()
     if gpus < 1:
@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     card = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"{gpus} made-up GPU(s) on the CPU"
     print(f"stand-ins ready in {time.time() - started:.0f}s; {gpus} GPU(s): {card}", flush=True)
 
-    ray.init(num_gpus=gpus, include_dashboard=False, logging_level="WARNING", runtime_env=worker_runtime_env())
+    ray.init(address="local", num_gpus=gpus, include_dashboard=False, logging_level="WARNING", runtime_env=worker_runtime_env())
     storage = Path(tempfile.mkdtemp(prefix="grid-bench-"))
     common = {"names": names, "gpus": gpus, "bench": bench, "models": models, "data_dir": Path(args.data_dir),
               "storage": storage}

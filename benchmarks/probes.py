@@ -1,5 +1,5 @@
 """What the benchmarks measure inside a trial, added through the trainable's extension point (`run.callbacks`,
-trainables.callbacks): each probe is a TrainerCallback the trial imports by name, and it leaves what it saw in a
+trainables.trial.callbacks): each probe is a TrainerCallback the trial imports by name, and it leaves what it saw in a
 module-level record that the benchmark reads after `run_trial` returns (the benchmarks run trials in-process)."""
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ class TrialProbe(TrainerCallback):
         self.evaluated = False
 
     def trainer_ready(self, trainer):
-        from trainables.framing import probe_framing
+        from trainables.trial.families.seq2seq.framing import probe_framing
 
         ACTIVE.setdefault("hooks", []).append(self.probe.watch(trainer.model))
         self.captured["params"] = ACTIVE["param_split"](trainer.model)
@@ -126,3 +126,20 @@ class TrialProbe(TrainerCallback):
 
 
 TRIAL_PROBE = {"factory": "benchmarks.probes:TrialProbe"}
+
+
+LOSSES: list[float] = []  # StepLosses: the logged training loss of every optimizer step of the last run
+
+
+class StepLosses(TrainerCallback):
+    """The Trainer's logged loss at each logging step (logging_steps=1: every optimizer step's per-token mean)."""
+
+    def __init__(self):
+        LOSSES.clear()
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "loss" in logs:
+            LOSSES.append(float(logs["loss"]))
+
+
+STEP_LOSSES = {"factory": "benchmarks.probes:StepLosses"}

@@ -7,8 +7,8 @@ For each config (search_spaces/*.yaml, or --only NAME...), in one process:
      config asks for 4 bits, prepare_model_for_kbit_training with its defaults, peft LoRA with the config's
      rank/alpha/dropout/targets, Seq2SeqTrainer with predict_with_generate and the config's batch, accumulation,
      lengths, scheduler and beams. Scoring uses the project's ROUGE function (the same on both sides).
-  2. PROJECT: trainables.seq2seq.run_trial, the function Ray runs for each trial, with the speed-ups of
-     trainables/speed.py as they are by default.
+  2. PROJECT: trainables.trial.recipe.run_trial, the function Ray runs for each trial, with the speed-ups of
+     the speed layer (trainables/trial/speed/) as they are by default.
 
 Workload: a real-size stand-in of the config's model (random weights, the real checkpoint's dimensions and
 vocabulary), synthetic Korean-like data whose dialogue and summary token lengths are drawn from a parameterized
@@ -34,7 +34,6 @@ import argparse
 import gc
 import json
 import math
-import os
 import random
 import sys
 import tempfile
@@ -47,6 +46,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from trainables import compat  # noqa: E402
 from benchmarks.gpu_configs import BENCH_CACHE, dialogue_text, lexicon_text, sentence_text, tokenizer_corpus  # noqa: E402
 
 FULL_TRAIN, FULL_DEV = 12457, 499
@@ -131,7 +131,7 @@ class Probe:
     def install(self):
         import torch
         from transformers import LogitsProcessor, LogitsProcessorList
-        from transformers.generation.utils import GenerationMixin
+        from transformers import GenerationMixin
 
         probe, original = self, GenerationMixin.generate
 
@@ -174,7 +174,7 @@ class Probe:
 
     def uninstall(self) -> None:
         """Gives generate() back (install replaces it with the forcing one for the whole process)."""
-        from transformers.generation.utils import GenerationMixin
+        from transformers import GenerationMixin
 
         if self.original_generate is not None:
             GenerationMixin.generate, self.original_generate = self.original_generate, None
@@ -339,7 +339,7 @@ def baseline(exp: dict, model_path: str, data_dir: Path, precision: str, eval_ro
         with _profile_block(profile_dir, "baseline_eval_batch"):
             trainer.evaluate(eval_dataset=one)
     out["predictions"] = list(predictions)
-    out["attn_implementation"] = str(getattr(model.config, "_attn_implementation", ""))
+    out["attn_implementation"] = compat.attention_implementation(model.config)
     out["gradient_checkpointing"] = bool(getattr(model.get_base_model() if hasattr(model, "get_base_model") else model,
                                                  "is_gradient_checkpointing", False))
     out["optim"] = str(args.optim)
@@ -357,7 +357,7 @@ def project(exp: dict, model_path: str, data_dir: Path, eval_rows: list[int], pr
     """The project's trial (run_trial, as Ray would run it, without Ray), watched through its extension point."""
     from benchmarks import probes
     from trainables.config import TrialConfig
-    from trainables.seq2seq import run_trial
+    from trainables.trial.recipe import run_trial
 
     captured: dict[str, Any] = {}
     probes.ACTIVE.clear()
@@ -472,7 +472,7 @@ def _param_split(model) -> dict[str, int]:
     for name, p in base.named_parameters():
         if "lora_" in name or "trainable_tokens" in name:
             continue
-        n = p.numel() * (2 if type(p).__name__ == "Params4bit" else 1)  # two 4-bit values per stored byte
+        n = p.numel() * (2 if compat.is_4bit_param(p) else 1)  # two 4-bit values per stored byte
         key = "encoder" if ".encoder." in f".{name}" or name.startswith("encoder") else \
               "decoder" if "decoder" in name else "head" if "lm_head" in name else None
         if key and "embed" not in name and "shared" not in name and "position" not in name:
@@ -516,7 +516,9 @@ def bench_config(cfg, args, probe: Probe) -> dict[str, Any]:
     import torch
 
     from trainables.config import ExperimentConfig, apply_mode
-    from trainables.models import Environment, build_standin, decide_settings, load_tokenizer
+    from trainables.trial.families.common import load_tokenizer
+    from trainables.trial.families.seq2seq.standin import build_standin
+    from trainables.trial.models import Environment, decide_settings
 
     size = "tiny" if args.tiny else "real"
     exp = apply_mode(cfg, "full")[0].model_dump()  # the plain recipe reads the YAML's values as a user's script would
@@ -570,7 +572,7 @@ def bench_config(cfg, args, probe: Probe) -> dict[str, Any]:
         probe.misses = 0
         try:
             if side == "baseline":
-                from trainables.speed import sdpa_without_cudnn  # the project's one switch, to show its share
+                from trainables.trial.speed import sdpa_without_cudnn  # the project's one switch, to show its share
 
                 with sdpa_without_cudnn(args.baseline_no_cudnn):
                     r = baseline(exp, model_path, data_dir, settings.precision, base_rows, probe, profile_dir)
@@ -662,10 +664,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--search-space", default=str(ROOT / "search_spaces"))
     p.add_argument("--tiny", action="store_true", help="tiny stand-ins and lengths on the CPU: tests the script")
     args = p.parse_args(argv)
-    from trainables.process import configure_benchmark
+    from trainables.process import SMOKE_WORKER_ENV, configure_benchmark
 
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # stand-ins only: never wait on a hub
-    configure_benchmark()
+    configure_benchmark(env=SMOKE_WORKER_ENV)  # stand-ins only: never wait on a hub
     import torch
 
     if args.tiny:

@@ -12,13 +12,116 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
+# One OpenMP thread per test process (set before any test imports torch; subprocesses inherit it). The suite runs
+# three xdist workers on two cores beside Ray's trial processes (already one thread each, launch.py's torch_threads):
+# torch's default of a thread per core oversubscribes them, and its idle threads spin. Measured on the 2-core
+# machine, quick subset: 191.6 core-seconds with the default, 170.1 with one thread. Sizes and code paths are unchanged.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+# Commands that start no Ray and stop nothing: run_cli calls main(argv) for them in this process (a fresh
+# interpreter adds ~5 s of imports and nothing else); runs, searches and resumes get their own process.
+IN_PROCESS = {"report", "predict", "export", "check", "plan"}
+
 
 def run_cli(*args: str, timeout: float = 900, env: dict | None = None) -> subprocess.CompletedProcess:
-    """Run `python tune_main7.py ARGS` as a user would; returns the finished process (output captured)."""
+    """Run `python tune_main7.py ARGS` as a user would; returns the finished process (output captured). IN_PROCESS
+    commands run through tune_main7.main in this process, with the console captured the same way."""
+    if args and args[0] in IN_PROCESS:
+        return run_in_process(*args, env=env)
     return subprocess.run(
         [sys.executable, str(ROOT / "tune_main7.py"), *args], cwd=ROOT, capture_output=True, text=True,
         timeout=timeout, env={**os.environ, **(env or {})},
     )
+
+
+def run_in_process(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """tune_main7.main(ARGS) from the repo's folder with `env` added: its exit code, stdout, and stderr with the log
+    lines (the driver's LOG_FORMAT) as the command line prints them; the environment and logging are put back."""
+    import contextlib
+    import io
+    import logging
+
+    from trainables.process import LOG_FORMAT
+    from tune_main7 import main
+
+    out, err = io.StringIO(), io.StringIO()
+    handler = logging.StreamHandler(err)
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    root, saved_env, cwd = logging.getLogger(), dict(os.environ), os.getcwd()
+    level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)  # as configure_cli's basicConfig sets it (a no-op under pytest's own handlers)
+    os.environ.update(env or {})
+    os.chdir(ROOT)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main(list(args))
+            except SystemExit as stop:  # argparse's usage errors and --help
+                code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
+    finally:
+        os.chdir(cwd)
+        root.removeHandler(handler)
+        root.setLevel(level)
+        os.environ.clear()
+        os.environ.update(saved_env)
+    return subprocess.CompletedProcess(["tune_main7.py", *args], code, out.getvalue(), err.getvalue())
+
+
+def run_refused(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """A command line that must stop before Ray starts (bad input, a usage error): main(argv) in this process, as
+    run_in_process, with Ray's start replaced by a failure, so that a case which wrongly goes on fails at once
+    instead of training here."""
+    from unittest import mock
+
+    def started(*_args, **_kwargs):
+        raise AssertionError(f"tune_main7.py {' '.join(args)}: started Ray instead of refusing")
+
+    with mock.patch("trainables.driver.launch.start_ray", started):
+        return run_in_process(*args, env=env)
+
+
+def kill_between_writes(driver: subprocess.Popen, experiment_dir: Path) -> None:
+    """SIGKILL the driver's process group (started with start_new_session) at a moment when Tune's state files in
+    `experiment_dir` and every trial's result.json read back whole: the group is frozen (SIGSTOP), checked, and let
+    run a little more while Tune is halfway through copying a file out. (Tune's copies are not atomic; a kill during
+    one is tests/test_damaged_state.py's case, not the resume these callers test.)"""
+    import json
+    import signal
+    import time
+
+    from trainables import compat
+
+    def parses(line: str) -> bool:
+        try:
+            json.loads(line)
+        except ValueError:
+            return False
+        return True
+
+    def whole() -> bool:
+        for result in experiment_dir.glob("*/result.json"):
+            text = result.read_text(encoding="utf-8")
+            if text and (not text.endswith("\n") or not parses(text.splitlines()[-1])):
+                return False
+        return not compat.unreadable_tune_state(experiment_dir)
+
+    try:
+        for _ in range(100):
+            os.killpg(driver.pid, signal.SIGSTOP)
+            if whole():
+                break
+            os.killpg(driver.pid, signal.SIGCONT)
+            time.sleep(0.1)
+    except ProcessLookupError:  # the group is gone already: the caller's own check says why
+        pass
+    finally:
+        try:
+            os.killpg(driver.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        driver.wait(timeout=30)
 
 
 def write_sample(folder: Path, **rows: int) -> Path:
@@ -33,8 +136,50 @@ def write_sample(folder: Path, **rows: int) -> Path:
 
 @pytest.fixture(scope="session")
 def standin_cache(tmp_path_factory) -> Path:
-    """One stand-in cache for the whole session (stand-ins are rebuilt only when data changes)."""
-    return tmp_path_factory.mktemp("standins")
+    """One stand-in cache for the whole test run, shared by the parallel workers (pytest-xdist): a stand-in is
+    built once (the builder holds a file lock, families.common.one_builder) and rebuilt only when data changes."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):  # not under xdist
+        return tmp_path_factory.mktemp("standins")
+    shared = tmp_path_factory.getbasetemp().parent / "standins"  # the run's folder, above each worker's own
+    shared.mkdir(exist_ok=True)
+    return shared
+
+
+# Fixtures that run Ray grids or CLI runs (a minute or more each): the tests sharing one run on one xdist worker,
+# so that it is made once (`--dist loadgroup`). Cheaper shared fixtures may be made once per worker.
+RUN_FIXTURES = {"smoke_grid", "llm_smoke_grid", "two_runs", "faulted_run", "reference_run", "runs", "default_search"}
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the xdist_group markers into the node ids
+def pytest_collection_modifyitems(config, items):
+    """Group each test with every other test that shares one of its RUN_FIXTURES (transitively)."""
+    parent: dict[str, str] = {}
+
+    def root(key: str) -> str:
+        while parent.setdefault(key, key) != key:
+            key = parent[key]
+        return key
+
+    shared_by = {}
+    for item in items:
+        defs = item._fixtureinfo.name2fixturedefs if hasattr(item, "_fixtureinfo") else {}
+        keys = [name + (f"@{item.module.__name__}" if defs[name][-1].scope == "module" else "")
+                for name in getattr(item, "fixturenames", ()) if name in RUN_FIXTURES and defs.get(name)]
+        for key in keys[1:]:
+            parent[root(key)] = root(keys[0])
+        shared_by[item] = keys
+    for item, keys in shared_by.items():
+        if keys:
+            item.add_marker(pytest.mark.xdist_group(root(keys[0])))
+    # The longest work first (workers take groups in this order): the group of the seven-config grid, the other
+    # groups, then the other slow tests; the quick ones fill the workers' gaps at the end.
+    def order(item) -> int:
+        keys = shared_by[item]
+        if keys:
+            return 0 if root(keys[0]) == root("smoke_grid") else 1
+        return 2 if item.get_closest_marker("slow") else 3
+
+    items.sort(key=order)
 
 
 @pytest.fixture(scope="session")
@@ -44,6 +189,28 @@ def smoke_grid(tmp_path_factory, standin_cache) -> tuple[Path, subprocess.Comple
     proc = run_cli("--mode", "smoke", "--storage-path", str(storage), "--name", "smoke-grid",
                    "--cache-dir", str(standin_cache))
     return storage / "smoke-grid", proc
+
+
+# The decoder-only grid's trial that the shared LLM grid kills once mid-run (Tune retries it from its checkpoint).
+LLM_KILLED_TRIAL = "03_solar_10.7b_instruct_qlora_winner"  # no early stop in smoke: all 3 epochs
+
+
+@pytest.fixture(scope="session")
+def llm_smoke_grid(tmp_path_factory, standin_cache) -> tuple[Path, subprocess.CompletedProcess, Path]:
+    """The decoder-only grid (search_spaces/llm) in smoke mode, run once through the real command line, with one
+    trial (LLM_KILLED_TRIAL) SIGKILLed once after its first epoch (tests/fault_injection.py): (experiment folder,
+    the finished process, the kill's marker file)."""
+    import json
+
+    work = tmp_path_factory.mktemp("llm_grid")
+    marker = work / "killed.txt"
+    fault = json.dumps({"kill_after_epoch": 1, "marker": str(marker), "only": LLM_KILLED_TRIAL})
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "tests" / "fault_cli.py"), fault, "--mode", "smoke", "--search-space",
+         str(ROOT / "search_spaces" / "llm"), "--storage-path", str(work / "results"), "--name", "llm-grid",
+         "--cache-dir", str(standin_cache)],
+        cwd=ROOT, capture_output=True, text=True, timeout=1800, env=dict(os.environ))
+    return work / "results" / "llm-grid", proc, marker
 
 
 def set_fields(section, **values) -> None:
@@ -61,7 +228,7 @@ def toy_plan(names: list[str], storage_path, name: str, run_extra: dict | None =
     from ray import tune
 
     from trainables.config import RunContext, load_experiment
-    from trainables.grid import GridPlan
+    from trainables.driver.grid import GridPlan
 
     base = load_experiment(ROOT / "search_spaces" / "01_baseline_kobart_rtx3090.yaml")
     experiments = [base.model_copy(update={"name": n}) for n in names]
@@ -97,3 +264,26 @@ def save_trial_checkpoint(model, tokenizer, folder, exp, model_path: str, settin
     meta = {"experiment": exp, "model_path": model_path, "settings": settings.as_metrics()}
     (folder / TRIAL_META).write_text(json.dumps({**meta, "experiment": exp.model_dump()}))
     return meta
+
+
+def trained_lora_checkpoint(folder: Path, config: str, arch: str, cache: Path):
+    """A checkpoint folder as a trial of `config` (a shipped YAML, smoke mode) leaves one, on a cold stand-in of
+    `arch` with its trainable weights moved as training would (trained_like). Returns (meta, tokenizer, settings)."""
+    import torch
+
+    from trainables.config import apply_mode, load_experiment
+    from trainables.data import training_texts
+    from trainables.trial.families.common import load_tokenizer
+    from trainables.trial.families.seq2seq.model import load_model
+    from trainables.trial.families.seq2seq.standin import build_standin
+    from trainables.trial.models import Environment, decide_settings
+
+    base = str(build_standin(arch, training_texts(ROOT / "data"), cache, warm_start=False))
+    exp, _ = apply_mode(load_experiment(ROOT / "search_spaces" / f"{config}.yaml"), "smoke")
+    settings = decide_settings(exp, Environment.probe(), "standin")
+    tokenizer = load_tokenizer(base, exp.tokenizer.special_tokens)
+    torch.manual_seed(0)
+    model, _ = load_model(exp, base, tokenizer, settings)
+    trained_like(model)
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    return save_trial_checkpoint(model, tokenizer, Path(folder), exp, base, settings), tokenizer, settings

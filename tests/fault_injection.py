@@ -24,7 +24,7 @@ class InjectFault(TrainerCallback):
     optimizer step `blow_up_after_step` (what a far too high learning rate does: the next loss is inf/NaN).
 
     After epoch `overrun_after_epoch`, while Ray gives the trial less than a whole GPU, raise what a packed trial
-    raises when it overruns its share (trainables.plan's overrun error); after epoch `fail_once_after_epoch`, raise
+    raises when it overruns its share (trainables.trial.placement's overrun error); after epoch `fail_once_after_epoch`, raise
     another error once (`marker`). `only`: the experiment these faults hit (the run's other trials run clean)."""
 
     def __init__(self, kill_after_epoch: float | None = None, marker: str | None = None,
@@ -40,11 +40,11 @@ class InjectFault(TrainerCallback):
             return
         epoch = state.epoch or 0
         if self.overrun_after_epoch is not None and epoch > self.overrun_after_epoch:
-            from trainables import plan
+            from trainables.trial import placement
 
-            granted = plan.granted_gpu_fraction()
+            granted = placement.granted_gpu_fraction()
             if granted is not None and granted < 1:
-                raise plan.overrun_error(args.run_name, {"eff_gpu_fraction": granted, "eff_memory_cap_gib": 1.0},
+                raise placement.overrun_error(args.run_name, {"eff_gpu_fraction": granted, "eff_memory_cap_gib": 1.0},
                                          args.per_device_train_batch_size, args.gradient_accumulation_steps)
         if self.fail_once_after_epoch is not None and epoch > self.fail_once_after_epoch and not Path(self.marker).exists():
             Path(self.marker).write_text(f"failed at step {state.global_step}\n")

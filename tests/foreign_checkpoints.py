@@ -1,6 +1,6 @@
 """Model folders on disk that the project did not build itself, laid out like the real checkpoints it meets.
 
-The stand-ins (`trainables.models.build_standin`) are the project's own work, so tests that only use them can't
+The stand-ins (`trainables.trial.families.seq2seq.standin.build_standin`) are the project's own work, so tests that only use them can't
 show how the code copes with a tokenizer it didn't make. These builders save tiny random-weight models with plain
 `transformers`/`tokenizers`, each in the layout of a real family's checkpoint:
 
@@ -65,7 +65,7 @@ def _sentencepiece_like(kind: str, specials: list[str], texts: Iterable[str], vo
     tok.decoder = decoders.Metaspace(prepend_scheme="first")
     tok.train_from_iterator((_TAG.sub(" ", t) for t in texts), trainer=trainer)
     if kind == "unigram":  # the same ids on every run (the trainer's order and last digits vary)
-        from trainables.models import canonical_unigram
+        from trainables.trial.families.seq2seq.standin import canonical_unigram
 
         canonical_unigram(tok, specials)
     for i, s in enumerate(specials):

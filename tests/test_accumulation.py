@@ -35,14 +35,14 @@ def eight_rows(tmp_path_factory):
 def first_step(exp, model_path: str, data_dir, batch: int, accumulation: int, tmp_path):
     """(gradient of every trainable parameter, logged loss, the meter's unrounded loss) of the first optimizer
     step of the trial's Trainer (`seq2seq.build_trainer`, as `run_trial` builds it) at `batch` x `accumulation`."""
-    from trainables.callbacks import TrialRecord
-    from trainables.seq2seq import TrialData, build_trainer, decide_trial_settings
+    from trainables.trial.callbacks import TrialRecord
+    from trainables.trial.recipe import TrialData, build_trainer, decide_trial_settings
 
     exp = exp.model_copy(deep=True)
     set_fields(exp.training, per_device_train_batch_size=batch, gradient_accumulation_steps=accumulation)
     trial = trial_config(exp, model_path, data_dir, callbacks=[{"factory": "tests.trial_hooks:CaptureFirstStep"}])
     settings, speed_plan, placement = decide_trial_settings(trial)
-    data = TrialData.load(trial, settings)  # framed as run_trial frames inputs and labels
+    data = TrialData.load(trial)  # framed as run_trial frames inputs and labels
     record = TrialRecord(exp.name, exp.model_dump(), model_path, settings, [], placement, started=0.0)
     SEEN.clear()
     trainer = build_trainer(trial, settings, speed_plan, data, str(tmp_path), record, report=lambda m, c: None)
@@ -88,7 +88,7 @@ def test_same_effective_batch_same_first_step(configs, standins, eight_rows, tmp
 def test_oom_back_off_keeps_the_gradient(configs, standins, eight_rows, tmp_path):  # noqa: F811
     """halve_batch's 8 x 1 -> 4 x 2 -> 2 x 4 -> 1 x 8: one gradient, on mT5 with LoRA on the tied head and
     embeddings in 4 bits (the config that adapts the most)."""
-    from trainables.speed import halve_batch
+    from trainables.trial.backoff import halve_batch
 
     exp = accumulation_exp(configs, MT5_TIED_CONFIG, "qlora")
     path = standins("mt5")
@@ -107,7 +107,7 @@ def test_logged_loss_is_the_mean_per_token_loss(configs, standins, eight_rows, t
     import torch
     from transformers import DataCollatorForSeq2Seq, set_seed
 
-    from trainables.data import read_split, tokenize_split
+    from trainables.data import read_split
 
     exp = accumulation_exp(configs, BART_CONFIG, "lora")
     path = standins("bart")
@@ -115,7 +115,7 @@ def test_logged_loss_is_the_mean_per_token_loss(configs, standins, eight_rows, t
     set_seed(exp.training.seed)
     model, tokenizer, _ = build(exp, path)
     no_dropout(model)
-    from trainables.framing import probe_framing
+    from trainables.trial.families.seq2seq.framing import probe_framing, tokenize_split
 
     framing = probe_framing(tokenizer, path)
     framing.apply_to(model)

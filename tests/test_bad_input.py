@@ -14,7 +14,7 @@ from typing import Callable
 
 import pytest
 
-from tests.conftest import ROOT, run_cli
+from tests.conftest import ROOT, run_cli, run_refused
 
 YAML = "01_baseline_kobart_rtx3090.yaml"
 ONLY = ["--only", "01_baseline_kobart_rtx3090"]  # should a case wrongly pass, it starts one trial, not seven
@@ -119,7 +119,6 @@ def _snapshot(folder: Path) -> dict[str, tuple[int, int]]:
             for p in sorted(folder.rglob("*"))}
 
 
-@pytest.mark.slow  # a battery of CLI subprocesses
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_bad_input_stops_before_any_trial(case: Case, tmp_path: Path):
     if gpu_present() and case.id.endswith("without_gpu"):
@@ -139,8 +138,8 @@ def test_bad_input_stops_before_any_trial(case: Case, tmp_path: Path):
     args = [subst.get(a, a) for a in case.args]
     if "--only" not in args:
         args += ONLY
-    proc = run_cli(*args, "--search-space", str(spaces), "--data-dir", str(data), "--storage-path", str(storage),
-                   "--cache-dir", str(tmp_path / "cache"), timeout=180, env=case.env)
+    proc = run_refused(*args, "--search-space", str(spaces), "--data-dir", str(data), "--storage-path", str(storage),
+                       "--cache-dir", str(tmp_path / "cache"), env=case.env)
 
     message = proc.stderr
     assert proc.returncode != 0, f"{case.id}: exit code 0\n{proc.stdout[-2000:]}\n{message[-2000:]}"
@@ -186,7 +185,7 @@ def test_report_predict_resume_on_folders_that_are_not_experiments(tmp_path):
                          (["predict", str(plain)], "is not an experiment started by tune_main7.py"),
                          (["report", str(early)], "has no Tune state yet"),
                          (["--resume", str(early)], "has no Tune state to resume")):
-        proc = run_cli(*args, "--storage-path", str(tmp_path), timeout=120)
+        proc = run_refused(*args, "--storage-path", str(tmp_path))
         assert proc.returncode == 2, (args, proc.stderr[-2000:])
         assert needle in proc.stderr and "Traceback" not in proc.stderr, (args, proc.stderr[-2000:])
 
@@ -219,13 +218,13 @@ def test_an_architecture_that_is_not_the_checkpoints_family_is_refused_before_an
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "is a bart model, but model.architecture says t5" in lines[0], proc.stderr
     assert "set model.architecture to bart" in lines[0]
-    from trainables.models import folder_architecture_problem
+    from trainables.trial.models import folder_architecture_problem
 
     assert folder_architecture_problem(str(folder), "bart") is None  # the same folder under its own family passes
 
 
 def test_mt5_and_t5_are_one_family_for_the_architecture_check():
-    from trainables.models import architecture_problem
+    from trainables.trial.families.seq2seq.checks import architecture_problem
 
     assert architecture_problem("mt5", "t5", "x") is None and architecture_problem("t5", "mt5", "x") is None
     assert architecture_problem("bart", "bart", "x") is None and architecture_problem("bart", None, "x") is None

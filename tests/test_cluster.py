@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import toy_plan
-from trainables.grid import build_tuner, experiment_location, read_marker, storage_location, write_marker
-from trainables.launch import UsageError, start_ray
+from trainables.driver.grid import build_tuner, experiment_location, read_marker, storage_location, write_marker
+from trainables.driver.launch import UsageError, start_ray
 
 
 def make_trainable(wait_s: float):
@@ -74,7 +74,7 @@ def no_ray_address(monkeypatch):
 def fake_two_gpu_ray(no_ray_address):
     import ray
 
-    ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, num_gpus=2, include_dashboard=False, log_to_driver=False)
     try:
         yield
     finally:
@@ -115,6 +115,13 @@ def test_gpu_trials_run_on_the_cluster_node_with_the_gpu(no_ray_address, tmp_pat
         with pytest.raises(UsageError, match="has no GPU"):
             start_ray(args, "quick", use_gpu=True)
         assert not ray.is_initialized()
+        # without --address a run starts its own Ray, not the cluster that plain ray.init() would join (the head
+        # wrote itself to Ray's ray_current_cluster file; seen in the suite: a parallel test landed on it)
+        start_ray(Namespace(address=None, dashboard=False), "smoke", use_gpu=False)
+        try:
+            assert ray.get_runtime_context().gcs_address != cluster.address
+        finally:
+            ray.shutdown()
 
         gpu_node = cluster.add_node(num_cpus=1, num_gpus=1)
         cluster.wait_for_nodes()

@@ -6,15 +6,20 @@ import pytest
 import yaml
 
 from trainables.config import (
-    ConfigError, apply_mode, load_experiment, load_search_space, static_problems, unmatched_lora_targets,
+    ConfigError, apply_mode, load_experiment, load_search_space, static_problems,
 )
+from trainables.trial.families import family_of
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = sorted((ROOT / "search_spaces").glob("*.yaml"))
 
 
-def test_seven_experiments_ship():
-    assert len(SHIPPED) == 7
+def test_the_default_grid_is_the_seeds_seven_experiments():
+    """A test of the shipped YAMLs: the default grid is the seed's run_7_experiments.sh, one file each."""
+    seed = {"01_baseline_kobart_rtx3090", "01_mt5_xlsum_korean_adapted", "01_mt5_xlsum_optimized_v2",
+            "01_mt5_xlsum_ultimate", "02_eenzeenee_t5_rtx3090", "03_high_learning_rate_rtx3090",
+            "04_batch_optimization_rtx3090"}
+    assert {p.stem for p in SHIPPED} == seed
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)
@@ -23,7 +28,7 @@ def test_each_shipped_yaml_is_valid_and_has_no_errors(path):
     errors, _ = static_problems(cfg)
     assert errors == []
     assert cfg.name == path.stem
-    assert unmatched_lora_targets(cfg) == []
+    assert set(cfg.qlora.target_modules) <= family_of(cfg.model.architecture).lora_target_names(cfg.model.architecture)
 
 
 def test_seed_values_are_kept():
@@ -127,7 +132,7 @@ def test_tokenization_override_and_missing_analyzer(monkeypatch):
     import argparse
     import importlib.util
 
-    from trainables import launch
+    from trainables.driver import launch
 
     args = argparse.Namespace(search_space=str(ROOT / "search_spaces"), only=["01_baseline_kobart_rtx3090"],
                               mode="smoke", data_dir=str(ROOT / "data"), tokenization="morpheme")
@@ -169,7 +174,7 @@ def test_one_metric_per_run_from_the_configs_or_the_command_line(tmp_path):
     are one setting. Configs that disagree are refused before anything starts, unless --metric sets it for all."""
     import argparse
 
-    from trainables import launch
+    from trainables.driver import launch
 
     for name, metric in (("a", "rouge1"), ("b", "eval_loss")):
         data = _base()
@@ -185,3 +190,45 @@ def test_one_metric_per_run_from_the_configs_or_the_command_line(tmp_path):
     assert launch.run_metric(experiments, str(tmp_path)) == "eval_loss"
     assert changes["a"][-1] == "metric.best_metric: rouge1 -> eval_loss (--metric)"
     assert not any("best_metric" in c for c in changes["b"])  # already eval_loss: nothing changed, nothing recorded
+
+
+@pytest.mark.parametrize("text,value", [
+    ("1e-4", 1e-4), ("1.0e5", 1e5), ("-2E+3", -2e3), (".5e1", 5.0), ("3.0e-05", 3e-5), ("7", 7), ("0.1", 0.1),
+    ("-e5", "-e5"), ("1.2.3", "1.2.3"), ("'1e-4'", "1e-4"), ("e5", "e5"), ("1e", "1e"),
+])
+def test_yaml_numbers_are_read_as_yaml_1_2_does(tmp_path, text, value):
+    """`1e-4` without a dot is a number (PyYAML's YAML 1.1 reads it as text); quoted or malformed stays text."""
+    from trainables.config import read_yaml
+
+    path = tmp_path / "x.yaml"
+    path.write_text(f"training:\n  v: {text}\n", encoding="utf-8")
+    read = read_yaml(path)["training"]["v"]
+    assert read == value and type(read) is type(value)
+
+
+def test_duplicate_keys_are_found_in_nested_lists_and_named_by_path(tmp_path):
+    from trainables.config import read_yaml
+
+    path = tmp_path / "x.yaml"
+    path.write_text("run:\n  callbacks:\n    - factory: a:b\n      kwargs: {}\n      factory: c:d\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"x.yaml: run.callbacks\[0\].factory is written twice \(lines 3 and 5\)"):
+        read_yaml(path)
+    path.write_text("a: {b: 1}\nc: {b: 1}\n", encoding="utf-8")  # the same key in two mappings is fine
+    assert read_yaml(path)["c"] == {"b": 1}
+
+
+def test_numbers_stay_strict_in_the_trial_config_and_accept_numpy():
+    """Every section refuses true/false and text for numbers (the trial's config too), but not numpy's numbers,
+    which a sampler may hand over."""
+    import numpy as np
+    from pydantic import ValidationError
+
+    from trainables.config import ExperimentConfig, Placement
+
+    assert Placement(gpu=np.float64(0.5), memory_cap_gib=np.int64(20)).memory_cap_gib == 20
+    for bad in (True, "0.5"):
+        with pytest.raises(ValidationError, match="expected a number"):
+            Placement(gpu=bad)
+    cfg = load_experiment(SHIPPED[0]).model_dump()
+    cfg["training"]["num_train_epochs"] = np.int64(2)
+    assert ExperimentConfig.model_validate(cfg).training.num_train_epochs == 2

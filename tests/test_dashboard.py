@@ -17,11 +17,11 @@ SCRIPT = textwrap.dedent(r"""
     import psutil, ray
 
     sock = socket.socket(); sock.bind(("127.0.0.1", 0)); port = sock.getsockname()[1]; sock.close()
-    context = ray.init(include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port, num_cpus=1,
+    context = ray.init(address="local", include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port, num_cpus=1,
                        configure_logging=False, log_to_driver=False)
     out = {"url": context.dashboard_url}
     try:
-        from trainables.launch import dashboard_message
+        from trainables.driver.launch import dashboard_message
         out["message"] = dashboard_message(context)
         base = "http://" + context.dashboard_url.split("://")[-1]
         token_file = os.path.expanduser("~/.ray/auth_token")
@@ -57,7 +57,7 @@ def test_dashboard_on_localhost_with_token(tmp_path):
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = {**os.environ, "HOME": str(tmp_path), "PYTHONPATH": root}  # the token goes to $HOME/.ray/auth_token
     env.pop("RAY_AUTH_MODE", None)
-    env.pop("RAY_ADDRESS", None)
+    env.pop("RAY_ADDRESS", None)  # and address="local": not a cluster a parallel test started on this machine
     proc = subprocess.run([sys.executable, "-c", SCRIPT], cwd=root, env=env, capture_output=True, text=True, timeout=120)
     lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
     assert proc.returncode == 0 and lines, proc.stdout[-2000:] + proc.stderr[-3000:]

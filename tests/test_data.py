@@ -5,9 +5,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from trainables.data import DataError, read_split, tokenize_split
-from trainables.framing import probe_framing
-from trainables.models import build_standin, load_tokenizer
+from trainables.data import DataError, read_split
+from trainables.trial.families.seq2seq.framing import probe_framing, tokenize_split
+from trainables.trial.families.seq2seq.standin import build_standin
+from trainables.trial.families.common import load_tokenizer
 from trainables.config import DEFAULT_SPECIAL_TOKENS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,3 +71,12 @@ def test_preprocessing(arch, standin_cache):
     batch = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100)([data[i] for i in range(4)])
     assert (batch["labels"] == -100).any() or len({len(x) for x in data["labels"]}) == 1
     assert "token_type_ids" not in batch
+
+
+def test_line_numbers_follow_quoted_line_breaks_and_blank_lines(tmp_path):
+    from trainables.data import record_lines
+
+    path = tmp_path / "test.csv"
+    path.write_bytes(b'fname,dialogue\r\na,"x\r\ny\r\nz"\r\n\r\nb,w\rc,"p\rq"\r')
+    assert record_lines(path) == [2, 6, 7]  # \r\n, a blank line and lone \r all end a line
+    assert read_split(tmp_path, "test").frame["dialogue"].tolist() == ["x\ny\nz", "w", "p\nq"]

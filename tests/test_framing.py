@@ -13,9 +13,9 @@ import pytest
 from tests.conftest import ROOT, run_cli, save_trial_checkpoint, set_fields, trained_like, write_sample
 from tests.foreign_checkpoints import LAYOUTS, build_foreign
 from trainables.config import DEFAULT_SPECIAL_TOKENS, ExperimentConfig, TrialConfig, apply_mode, load_search_space
-from trainables.data import read_split, tokenize_split
-from trainables.framing import probe_framing
-from trainables.models import grow_vocabulary, load_tokenizer
+from trainables.data import read_split
+from trainables.trial.families.common import grow_vocabulary, load_tokenizer
+from trainables.trial.families.seq2seq.framing import probe_framing, tokenize_split
 
 CONFIG_FOR = {"kobart": "01_baseline_kobart_rtx3090", "mt5": "01_mt5_xlsum_optimized_v2", "both": "03_high_learning_rate_rtx3090"}
 EXPECTED = {  # (what the tokenizer adds by itself, inputs begin with bos, labels begin with bos)
@@ -116,7 +116,7 @@ def test_generation_settings_match_the_labels(foreign, layout):
 def test_decoding_strips_the_frame_and_stops_at_eos(foreign, layout):
     import numpy as np
 
-    from trainables.inference import generate_summaries
+    from trainables.trial.families.seq2seq.generate import generate_summaries
 
     tokenizer, model, framing = loaded(foreign, layout)
     text = "#Person1#이 #Person2#에게 치과 예약을 한다."
@@ -170,7 +170,8 @@ def test_standins_behave_like_the_real_tokenizers(standin_cache, arch, adds):
     from transformers import AutoModelForSeq2SeqLM
 
     from trainables.data import training_texts
-    from trainables.models import build_standin, project_token_ids
+    from trainables.trial.families.seq2seq.standin import build_standin
+    from trainables.trial.families.common import project_token_ids
 
     path = str(build_standin(arch, training_texts(ROOT / "data"), standin_cache, warm_start=False))
     tokenizer = load_tokenizer(path, DEFAULT_SPECIAL_TOKENS)
@@ -193,7 +194,6 @@ def test_an_untied_head_stays_untied_when_the_vocabulary_grows(foreign):
     import torch
     from transformers import AutoModelForSeq2SeqLM
 
-    from trainables.models import grow_vocabulary
 
     model = AutoModelForSeq2SeqLM.from_pretrained(foreign["mt5"])
     head = model.get_output_embeddings().weight.detach().clone()
@@ -215,9 +215,11 @@ def test_added_rows_of_an_untied_head_are_saved_reloaded_and_exported(foreign, c
     from safetensors.torch import load_file
     from transformers import AutoModelForSeq2SeqLM
 
-    from trainables.export import merged_model
-    from trainables.models import Environment, decide_settings, load_model, project_token_ids
-    from trainables.predict import load_for_inference
+    from trainables.results.export import merged_model
+    from trainables.trial.families.common import project_token_ids
+    from trainables.trial.families.seq2seq.model import load_model
+    from trainables.trial.models import Environment, decide_settings
+    from trainables.results.predict import load_for_inference
 
     exp = small_exp(configs, CONFIG_FOR["mt5"])
     assert not {"embed_tokens", "shared", "lm_head"} & set(exp.qlora.target_modules)
@@ -230,8 +232,8 @@ def test_added_rows_of_an_untied_head_are_saved_reloaded_and_exported(foreign, c
     rows = base.get_input_embeddings().num_embeddings
     assert new and max(new) < rows  # inside the spare rows: no resize
     torch.manual_seed(0)
-    model = load_model(exp, foreign["mt5"], tokenizer, settings)
-    assert "rows trained in embed_tokens+lm_head" in settings.token_rows and "untrained" not in settings.token_rows
+    model, loaded = load_model(exp, foreign["mt5"], tokenizer, settings)
+    assert "rows trained in embed_tokens+lm_head" in loaded.token_rows and "untrained" not in loaded.token_rows
     trained_like(model)
     checkpoint = tmp_path / "checkpoint"
     meta = save_trial_checkpoint(model, tokenizer, checkpoint, exp, foreign["mt5"], settings)
@@ -259,7 +261,7 @@ def test_added_rows_of_an_untied_head_are_saved_reloaded_and_exported(foreign, c
 
 def trial(exp: ExperimentConfig, model_path: str, data_dir: Path, keep: Path) -> dict:
     """Run one trial without Ray; the last reported checkpoint is copied to `keep`. Returns the final record."""
-    from trainables.seq2seq import run_trial
+    from trainables.trial.recipe import run_trial
 
     def report(metrics, checkpoint):
         shutil.rmtree(keep, ignore_errors=True)
@@ -298,7 +300,7 @@ def small_exp(configs, name: str, **qlora) -> ExperimentConfig:
 
 
 # What the tiny models learn here, measured 2026-11-26 (deterministic: the mT5 layout's Unigram tokenizer is
-# canonical now, models.canonical_unigram; before, its ids changed on every build, and so did the trained model:
+# canonical now, families/seq2seq/standin.canonical_unigram; before, its ids changed on every build, and so did the trained model:
 # that was the "6 of 8 in 2 of 3 runs" flakiness):
 # - p(EOS) where each dev summary ends, teacher-forced: KoBART 0.88-0.95 (mean 0.92), "both" 0.91-0.95 (0.94), mT5
 #   0.03-0.82 (mean 0.39); inside the summaries 0.012, 0.007, 0.043. Labels without EOS would give ~0 (never a
@@ -323,7 +325,7 @@ def test_a_trained_model_stops_before_max_length(foreign, configs, sample_data, 
     import torch
     from transformers import DataCollatorForSeq2Seq
 
-    from trainables.predict import load_for_inference, read_meta
+    from trainables.results.predict import load_for_inference, read_meta
 
     exp = small_exp(configs, CONFIG_FOR[layout], use_qlora=False)
     # 2 epochs of 160 rows, 4 a step in 2 micro-batches: 80 steps, enough for every layout to learn (see above)
@@ -370,8 +372,8 @@ def test_added_token_rows_train_inside_padded_mt5_rows(foreign, configs, sample_
     import torch
     from transformers import AutoModelForSeq2SeqLM
 
-    from trainables.models import project_token_ids
-    from trainables.predict import load_for_inference, read_meta
+    from trainables.trial.families.common import project_token_ids
+    from trainables.results.predict import load_for_inference, read_meta
 
     exp = small_exp(configs, CONFIG_FOR["mt5"])
     exp.training.num_train_epochs = 1

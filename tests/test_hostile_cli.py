@@ -27,9 +27,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.conftest import ROOT, run_cli, toy_plan
+from tests.conftest import ROOT, run_cli, run_refused, toy_plan
 
-TRIAL = "01_baseline_kobart_rtx3090"  # the fastest trial: 3 epochs in smoke mode
+TRIAL = "01_baseline_kobart_rtx3090"  # the fastest trial: 3 epochs at most in smoke mode
 ONLY = ["--only", TRIAL]
 SECRETS = {"WANDB_API_KEY": "wandb-planted-4f1c9a77e2", "HF_TOKEN": "hf_planted_8d2e51b0c3"}
 ENV_SECRET = ("MY_SERVICE_API_KEY", "svc-planted-6b7e0d3a91")  # in the environment, not in .env
@@ -55,10 +55,9 @@ def _one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> str:
     (["--max-concurrent", "0"], ["--max-concurrent", "at least 1"]),
     (["--max-concurrent", "-3"], ["--max-concurrent", "at least 1"]),
 ], ids=["mode_with_resume", "max_concurrent_0", "max_concurrent_negative"])
-@pytest.mark.slow  # a battery of CLI subprocesses
 def test_flags_that_cant_apply_are_refused(tmp_path, args, needles):
     args = [a.replace("{storage}", str(tmp_path)) for a in args]
-    proc = run_cli(*args, *ONLY, "--storage-path", str(tmp_path), timeout=120)
+    proc = run_refused(*args, *ONLY, "--storage-path", str(tmp_path))
     _one_line_error(proc, *needles)
 
 
@@ -68,7 +67,6 @@ def _snapshot(folder: Path) -> dict[str, tuple[int, int]]:
 
 @pytest.mark.parametrize("case", ["storage_under_proc", "storage_is_a_file", "cache_is_a_file", "name_taken",
                                   "name_taken_foreign"])
-@pytest.mark.slow  # a battery of CLI subprocesses
 def test_unwritable_or_taken_outputs_stop_before_ray(tmp_path, case):
     storage, afile = tmp_path / "results", tmp_path / "afile"
     storage.mkdir()
@@ -94,7 +92,7 @@ def test_unwritable_or_taken_outputs_stop_before_ray(tmp_path, case):
     if "--cache-dir" not in args:
         args += ["--cache-dir", str(tmp_path / "cache")]
     before = _snapshot(storage)
-    proc = run_cli(*args, *ONLY, timeout=180)
+    proc = run_refused(*args, *ONLY)
     _one_line_error(proc, *needles)
     assert _snapshot(storage) == before
     assert not (tmp_path / "cache").exists(), "stand-ins built before the error"
@@ -120,14 +118,13 @@ def _copy_inputs(tmp_path: Path) -> tuple[Path, Path]:
     ("fname,dialogue\nt1,안녕하세요\n,반가워요\n", ["test.csv", "empty fname", "line(s) 3"]),
     ("id,dialogue\nt1,안녕하세요\n", ["test.csv", "missing column(s) fname"]),
 ], ids=["duplicate_ids", "empty_id", "missing_column"])
-@pytest.mark.slow  # a battery of CLI subprocesses
 @pytest.mark.parametrize("command", ["check", "run"])
 def test_check_and_run_validate_test_csv(tmp_path, content, needles, command):
     spaces, data = _copy_inputs(tmp_path)
     (data / "test.csv").write_text(content, encoding="utf-8")
     args = [] if command == "run" else ["check"]
-    proc = run_cli(*args, *ONLY, "--search-space", str(spaces), "--data-dir", str(data), "--storage-path",
-                   str(tmp_path / "results"), "--cache-dir", str(tmp_path / "cache"), timeout=180)
+    proc = run_refused(*args, *ONLY, "--search-space", str(spaces), "--data-dir", str(data), "--storage-path",
+                       str(tmp_path / "results"), "--cache-dir", str(tmp_path / "cache"))
     _one_line_error(proc, *needles)
     assert not (tmp_path / "results").exists()
 
@@ -160,7 +157,6 @@ def test_unknown_key_hint_points_at_a_schema_that_exists(tmp_path):
     ("../models/kobart", ["model.checkpoint ../models/kobart", "no such folder"]),
     ("my kobart model!", ["neither a folder on disk nor a valid hub id"]),
 ], ids=["absolute_path", "relative_path", "invalid_id"])
-@pytest.mark.slow  # a battery of CLI subprocesses
 def test_model_checkpoint_neither_folder_nor_hub_id_fails_check_full(tmp_path, checkpoint, needles):
     spaces, data = _copy_inputs(tmp_path)
     path = spaces / f"{TRIAL}.yaml"
@@ -273,12 +269,19 @@ def two_runs(tmp_path_factory, standin_cache):
         shutil.rmtree(t, ignore_errors=True)
 
 
-def _assert_ran_three_epochs_once(progress, where) -> None:
+def _assert_ran_to_its_end_once(trial_dir: Path, where, metric: str = "competition_score") -> None:
     """Smoke mode evaluates every N steps (at least twice per epoch) and at each epoch's end: the trial's reports
-    run to the end of epoch 3, each optimizer step reported at most once, in order."""
+    run to the end of its last epoch, or to an early stop (no better `metric` in its last `patience` evaluations),
+    each optimizer step reported at most once, in order."""
+    progress = pd.read_csv(trial_dir / "progress.csv")
     steps = progress["step"]
     assert steps.is_unique and steps.is_monotonic_increasing, (where, list(steps))
-    assert round(progress["epoch"].iloc[-1]) == 3 and len(progress) >= 6, (where, list(progress["epoch"]))
+    training = json.loads((trial_dir / "params.json").read_text())["experiment"]["training"]  # as smoke ran it
+    scores = progress[metric].tolist()
+    best = scores.index(min(scores) if metric.endswith("loss") else max(scores))
+    stopped_early = len(scores) - 1 - best == training["early_stopping_patience"]
+    assert round(progress["epoch"].iloc[-1]) == training["num_train_epochs"] or stopped_early, (where, list(progress["epoch"]), scores)
+    assert len(progress) >= 2, (where, list(progress["epoch"]))
 
 
 @pytest.mark.slow
@@ -295,8 +298,7 @@ def test_two_runs_at_once_get_separate_intact_experiments(two_runs):
 
         trials = ExperimentAnalysis(str(d), default_metric="eval_loss", default_mode="min").trials
         assert [t.status for t in trials] == ["TERMINATED"], d
-        progress = pd.read_csv(_trial_dir(d) / "progress.csv")
-        _assert_ran_three_epochs_once(progress, d)
+        _assert_ran_to_its_end_once(_trial_dir(d), d, json.loads((d / "tune_main7.json").read_text())["metric"])
     assert json.loads((two_runs["a_dir"] / "tune_main7.json").read_text())["metric"] == "eval_loss"
     # The dropped-row warning: once per run, in the driver.
     assert (stdout + stderr).count("train.csv: dropped 1 row(s)") == 1, stderr[-3000:]
@@ -317,8 +319,7 @@ def test_sigterm_and_ctrl_c_stop_save_and_say_how_to_resume(two_runs):
     assert two_runs["b_progress_after_term"] >= 1
     rc, stdout, stderr = two_runs["b_end"]
     assert rc == 0, stdout[-3000:] + stderr[-3000:]
-    progress = pd.read_csv(_trial_dir(b_dir) / "progress.csv")
-    _assert_ran_three_epochs_once(progress, "continued from its checkpoint, no evaluation twice")
+    _assert_ran_to_its_end_once(_trial_dir(b_dir), "continued from its checkpoint, no evaluation twice")
 
 
 def _outputs(two_runs) -> list[tuple[str, str]]:
@@ -391,10 +392,12 @@ def test_report_and_predict_use_the_runs_metric_and_kept_checkpoints(two_runs, t
 
 
 def record_key_hook(run) -> None:
-    """WANDB_PROCESS_RUN_INFO_HOOK: runs inside Ray's W&B logging actor; records a hash of the key it sees."""
-    key = os.environ.get("WANDB_API_KEY", "")
+    """WANDB_PROCESS_RUN_INFO_HOOK: runs inside Ray's W&B logging actor; records a hash of the key its W&B run
+    was given (the driver's key file hands it over as settings.api_key, the actor's environment stays as it was)."""
+    key = run.settings.api_key or ""
     Path(os.environ["TUNE_MAIN7_TEST_HOOK_OUT"], f"{os.getpid()}.sha").write_text(
-        hashlib.sha256(key.encode()).hexdigest() if key else "none")
+        (hashlib.sha256(key.encode()).hexdigest() if key else "none")
+        + (" (also in the actor's environment)" if os.environ.get("WANDB_API_KEY") else ""))
 
 
 @pytest.mark.slow
@@ -404,8 +407,8 @@ def test_wandb_key_reaches_the_logging_actor_on_a_cluster_without_entering_rays_
     import ray
     from ray.cluster_utils import Cluster
 
-    from trainables.grid import build_tuner
-    from trainables.launch import start_ray
+    from trainables.driver.grid import build_tuner
+    from trainables.driver.launch import start_ray
 
     ray_tmp = _ray_tmp()
     hook_out = tmp_path / "hook"

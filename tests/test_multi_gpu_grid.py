@@ -9,14 +9,14 @@ import pytest
 
 
 @pytest.mark.slow  # Ray and four trial processes: about 80 s on 2 cores
-def test_one_at_a_time_against_packed_on_a_made_up_gpu(tmp_path, monkeypatch):
+def test_one_at_a_time_against_packed_on_a_made_up_gpu(tmp_path, monkeypatch, standin_cache):
     from benchmarks import multi_gpu_grid
 
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     monkeypatch.setenv("RAY_AIR_NEW_OUTPUT", "0")
     out = tmp_path / "grid.json"
     rc = multi_gpu_grid.main(["--tiny", "--made-up-gpus", "1", "--steps", "1", "--only", "01_baseline_kobart_rtx3090",
-                              "03_high_learning_rate_rtx3090", "--cache-dir", str(tmp_path / "cache"), "--out", str(out)])
+                              "03_high_learning_rate_rtx3090", "--cache-dir", str(standin_cache), "--out", str(out)])
     assert rc == 0
     summary = json.loads(out.read_text())
     alone, packed = summary["passes"]["one_at_a_time"], summary["passes"]["packed"]

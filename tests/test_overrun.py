@@ -1,4 +1,4 @@
-"""A packed trial that overruns its share fails alone and is retried on a whole GPU (trainables.overrun, plan.py).
+"""A packed trial that overruns its share fails alone and is retried on a whole GPU (trainables.driver.overrun, placement.py).
 
 On CPUs: the cap a trial computes from the fraction Ray gave it (a made-up card), the in-trial back-off that stops
 at the configured batch under a packed cap, and, through real Ray with a made-up GPU, the real trainable on a tiny
@@ -18,7 +18,7 @@ from tests.conftest import ROOT
 from tests.fault_injection import callback_spec
 from tests import test_models
 from tests.test_models import CPU, small_trial_exp
-from trainables import plan
+from trainables.trial import placement
 from trainables.config import Placement
 
 OVERRUN, OTHER = "overrun_trial", "other_error_trial"
@@ -30,9 +30,9 @@ configs, standins, tiny_data = test_models.configs, test_models.standins, test_m
 
 
 def test_cap_for_a_fraction_of_made_up_cards():
-    assert plan.cap_for_fraction(0.5, 80.0) == pytest.approx(40.0 - plan.CONTEXT_GIB)
-    assert plan.cap_for_fraction(0.25, 23.7) == pytest.approx(0.25 * 23.7 - plan.CONTEXT_GIB, abs=0.01)
-    assert plan.cap_for_fraction(1.0, 80.0) is None  # a whole card: uncapped
+    assert placement.cap_for_fraction(0.5, 80.0) == pytest.approx(40.0 - placement.CONTEXT_GIB)
+    assert placement.cap_for_fraction(0.25, 23.7) == pytest.approx(0.25 * 23.7 - placement.CONTEXT_GIB, abs=0.01)
+    assert placement.cap_for_fraction(1.0, 80.0) is None  # a whole card: uncapped
 
 
 @pytest.fixture
@@ -49,21 +49,21 @@ def fake_80gib_card(monkeypatch):
 
 def test_trial_caps_itself_from_the_fraction_ray_gave(fake_80gib_card):
     placed = Placement(gpu=0.25, memory_cap_gib=19.2, predicted_peak_gib=16.0, predicted_trial_s=9.0)
-    as_planned = plan.apply_memory_cap(placed, granted=0.25)
+    as_planned = placement.apply_memory_cap(placed, granted=0.25)
     assert fake_80gib_card == [pytest.approx(19.2 / 80)] and as_planned["eff_packed"] and not as_planned["eff_replaced"]
 
-    whole = plan.apply_memory_cap(placed, granted=1.0)  # the retry after an overrun
+    whole = placement.apply_memory_cap(placed, granted=1.0)  # the retry after an overrun
     assert len(fake_80gib_card) == 1, "a whole GPU: no cap"
     assert whole["eff_gpu_fraction"] == 1.0 and whole["eff_memory_cap_gib"] is None and not whole["eff_packed"]
-    assert whole["eff_replaced"] and "re-placed after overrunning" in plan.replacement_note(placed, whole)
+    assert whole["eff_replaced"] and "re-placed after overrunning" in placement.replacement_note(placed, whole)
 
-    more = plan.apply_memory_cap(placed, granted=0.5)  # more of the card, not all of it: the cap follows Ray's share
-    assert more["eff_memory_cap_gib"] == pytest.approx(0.5 * 80 - plan.CONTEXT_GIB) and more["eff_replaced"]
-    assert plan.apply_memory_cap(placed)["eff_gpu_fraction"] == 0.25  # outside Ray: the plan's fraction
+    more = placement.apply_memory_cap(placed, granted=0.5)  # more of the card, not all of it: the cap follows Ray's share
+    assert more["eff_memory_cap_gib"] == pytest.approx(0.5 * 80 - placement.CONTEXT_GIB) and more["eff_replaced"]
+    assert placement.apply_memory_cap(placed)["eff_gpu_fraction"] == 0.25  # outside Ray: the plan's fraction
 
 
 def test_outside_a_tune_trial_no_fraction_is_granted():
-    assert plan.granted_gpu_fraction() is None
+    assert placement.granted_gpu_fraction() is None
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -81,24 +81,26 @@ def _oom_every_time(tried):
 
 
 def test_packed_trial_out_of_memory_at_its_configured_batch_raises_the_overrun(configs, tmp_path):
-    from trainables import speed
-    from trainables.models import decide_settings
-    from trainables.seq2seq import retry_on_oom
+    from dataclasses import replace
+
+    from trainables.trial import speed
+    from trainables.trial.backoff import retry_on_oom
+    from trainables.trial.models import decide_settings
 
     exp = small_trial_exp(configs, gradient_accumulation_steps=4)  # configured 8 x 4
-    settings = decide_settings(exp, CPU, "standin")
-    speed_plan = speed.plan(exp, settings, cuda=True)  # larger micro-batches first: 32 x 1, 16 x 2, then 8 x 4
+    speed_plan = speed.decide(exp, (8, 4), cuda=True)  # larger micro-batches first: 32 x 1, 16 x 2, then 8 x 4
+    bs, accum = speed_plan.first_micro_batch
+    settings = replace(decide_settings(exp, CPU, "standin"), train_batch_size=bs, gradient_accumulation_steps=accum)
     packed = {"eff_gpu_fraction": 0.25, "eff_memory_cap_gib": 19.2, "eff_packed": True, "eff_predicted_peak_gib": 16.0}
     tried = []
-    with pytest.raises(plan.PackedTrialOverrun, match=r"overran its planned share.*retried on the\s+whole GPU") as err:
+    with pytest.raises(placement.PackedTrialOverrun, match=r"overran its planned share.*retried on the\s+whole GPU") as err:
         retry_on_oom(_oom_every_time(tried), settings, speed_plan, str(tmp_path), None, "exp", packed=packed)
     assert tried == [(32, 1), (16, 2), (8, 4)], "the micro-batch back-off still steps down under the cap"
     assert "19.2 GiB" in str(err.value) and "8 x 4" in str(err.value)
 
-    settings = decide_settings(exp, CPU, "standin")  # not packed: the plain back-off halves on down to batch 1
-    tried = []
+    tried = []  # not packed: the plain back-off halves on down to batch 1
     with pytest.raises(RuntimeError, match="even at per-device batch 1"):
-        retry_on_oom(_oom_every_time(tried), settings, speed.plan(exp, settings, cuda=True), str(tmp_path), None, "exp")
+        retry_on_oom(_oom_every_time(tried), settings, speed_plan, str(tmp_path), None, "exp")
     assert [b for b, _ in tried] == [32, 16, 8, 4, 2, 1]
 
 
@@ -116,7 +118,7 @@ def test_overrun_trial_retries_on_a_whole_gpu_and_other_failures_keep_their_shar
     import ray
 
     from trainables.config import RunContext
-    from trainables.grid import GridPlan, build_tuner
+    from trainables.driver.grid import GridPlan, build_tuner
     from trainables.process import worker_env
 
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
@@ -132,7 +134,7 @@ def test_overrun_trial_retries_on_a_whole_gpu_and_other_failures_keep_their_shar
     )
     grid = GridPlan(experiments=exps, run=run, storage_path=tmp_path / "results", name="overrun", use_gpu=True,
                     max_concurrent=2, max_failures=1)
-    ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False,
+    ray.init(address="local", num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": {**worker_env("smoke"), "PYTHONPATH": str(ROOT)}})
     try:
         results = build_tuner(grid).fit()

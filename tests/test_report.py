@@ -49,7 +49,6 @@ def test_report_prints_table_best_checkpoint_and_plots(smoke_grid):
     proc = run_cli("report", str(experiment_dir), timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rows = _table_rows(proc.stdout)
-    assert len(rows) == 7, proc.stdout
     names = sorted(t.config["experiment"]["name"] for t in _analysis(experiment_dir).trials)
     assert [r.split()[0] for r in rows] == names
     assert all(" TERMINATED " in r for r in rows)
@@ -73,7 +72,7 @@ def test_live_summary_agrees_with_experiment_analysis(smoke_grid):
     summary = json.loads((folders[0] / "experiment_summary.json").read_text(encoding="utf-8"))
     analysis = _analysis(experiment_dir)
     by_name = {t["name"]: t for t in summary["trials"]}
-    assert len(by_name) == 7 and summary["status_counts"] == {"TERMINATED": 7}
+    assert len(by_name) == len(analysis.trials) and summary["status_counts"] == {"TERMINATED": len(analysis.trials)}
     for trial in analysis.trials:
         name = trial.config["experiment"]["name"]
         frame = analysis.trial_dataframes[trial.trial_id]
@@ -122,8 +121,8 @@ def test_report_and_summary_on_a_partly_failed_experiment(tmp_path):
     """One trial reports twice, one fails before any result: both listed, the failure as ERROR."""
     import ray
 
-    from trainables.grid import build_tuner
-    from trainables.report import print_summary
+    from trainables.driver.grid import build_tuner
+    from trainables.results.report import print_summary
 
     def trial(config):
         from ray import tune
@@ -136,7 +135,7 @@ def test_report_and_summary_on_a_partly_failed_experiment(tmp_path):
                          "train_loss": 4.0 - epoch, "elapsed_s": 1.0 * epoch, "eff_precision": "fp32"})
 
     plan, space = toy_plan(["a_fine", "b_broken"], tmp_path, "partial", max_concurrent=2, metric="competition_score")
-    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
     try:
         build_tuner(plan, trainable=trial, param_space=space).fit()
     finally:
@@ -162,25 +161,11 @@ def test_report_and_summary_on_a_partly_failed_experiment(tmp_path):
     assert summary["best_trial"]["name"] == "a_fine"
 
 
-@pytest.mark.slow
-def test_wandb_offline_runs_land_in_the_experiment(standin_cache, tmp_path, monkeypatch):
-    for name in ("WANDB_API_KEY", "WANDB_MODE", "WANDB_DIR", "WANDB_PROJECT", "TUNE_MAIN7_WANDB"):
-        monkeypatch.delenv(name, raising=False)  # no key: offline by default (an empty WANDB_MODE is invalid to wandb)
-    proc = run_cli("--mode", "smoke", "--only", "01_baseline_kobart_rtx3090", "--wandb",
-                   "--storage-path", str(tmp_path), "--name", "wb", "--cache-dir", str(standin_cache), timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    runs = sorted((tmp_path / "wb" / "wandb").glob("offline-run-*"))
-    assert len(runs) == 1, list((tmp_path / "wb").iterdir())
-    blob = b"".join(p.read_bytes() for p in runs[0].rglob("*") if p.is_file())
-    assert b"01_baseline_kobart_rtx3090" in blob and b"dialogue-summarization-tune" in blob
-    assert "api_key" not in (proc.stdout + proc.stderr).lower()
-
-
 def test_a_kept_checkpoint_tied_with_the_best_evaluation_is_the_best_without_a_note(tmp_path):
     """Tune keeps one of two equal scores (num_to_keep=1 keeps the later); that kept one is the best checkpoint, and
     nothing claims the run kept its checkpoints by another metric. Seen on a clean-clone smoke run: 25.87 at epochs
     2.84 and 3, checkpoint_000007 deleted, and a note saying it was not kept."""
-    from trainables.report import kept_checkpoint
+    from trainables.results.report import kept_checkpoint
 
     for name in ("checkpoint_000008", "checkpoint_000009"):
         (tmp_path / name).mkdir()
@@ -192,3 +177,30 @@ def test_a_kept_checkpoint_tied_with_the_best_evaluation_is_the_best_without_a_n
     results[1]["competition_score"] = 24.0
     checkpoint, note = kept_checkpoint(tmp_path, results, "competition_score")
     assert checkpoint == str(tmp_path / "checkpoint_000008") and "checkpoint_000007) was not kept" in note
+
+
+def test_a_stopped_runs_summary_keeps_its_unfinished_trials_pending(tmp_path):
+    """Ctrl-C/SIGTERM: Tune's cleanup marks the trials it stops TERMINATED without completing them (its saved state
+    has them RUNNING, and --resume runs them again). The live summary's last write must not call them finished:
+    `--resume` then said "nothing left to run" and started nothing."""
+    from types import SimpleNamespace
+
+    from trainables.results.summaries import ExperimentSummaryCallback
+
+    def trial(name, status):
+        path = tmp_path / name
+        path.mkdir()
+        return SimpleNamespace(trial_id=name, config={"experiment": {"name": name}}, status=status, path=str(path),
+                               error_file=None)
+
+    finished, stopped = trial("finished", "RUNNING"), trial("stopped", "RUNNING")
+    callback = ExperimentSummaryCallback(tmp_path)
+    callback.setup()
+    for t in (finished, stopped):
+        callback.on_trial_start(0, [finished, stopped], t)
+    finished.status = "TERMINATED"
+    callback.on_trial_complete(1, [finished, stopped], finished)
+    stopped.status = "TERMINATED"  # what Tune's cleanup does to a trial it stops at the end of a stopped run
+    callback.on_experiment_end([finished, stopped])
+    summary = json.loads(next(tmp_path.glob("summary_*/experiment_summary.json")).read_text())
+    assert {t["name"]: t["status"] for t in summary["trials"]} == {"finished": "TERMINATED", "stopped": "PENDING"}

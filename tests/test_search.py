@@ -9,9 +9,7 @@ at ~3.7 on the sample), so ASHA has a poor trial to stop.
 from __future__ import annotations
 
 import json
-import os
 import pickle
-import signal
 import subprocess
 import sys
 import time
@@ -20,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.conftest import ROOT, run_cli
+from tests.conftest import ROOT, kill_between_writes, run_cli, run_refused
 
 BASE = "01_baseline_kobart_rtx3090"
 EXAMPLE = ROOT / "search_spaces" / "search" / "kobart_baseline.yaml"
@@ -37,7 +35,7 @@ def _search_yaml(folder: Path, body: str, name: str = "space") -> Path:
 
 
 def test_example_search_space_parses_and_keeps_sampled_values_in_smoke():
-    from trainables.search import check_search_space, read_search_space, resolve_config
+    from trainables.driver.search import check_search_space, read_search_space, resolve_config
 
     path = resolve_config("kobart_baseline", ROOT / "search_spaces")
     assert path == EXAMPLE
@@ -62,7 +60,7 @@ def test_example_search_space_parses_and_keeps_sampled_values_in_smoke():
 def test_dimensions_become_optuna_distributions_with_the_documented_ends():
     from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
-    from trainables.search import Dimension
+    from trainables.driver.search import Dimension
 
     integer = Dimension("generation", "num_beams", "integer", [2, 4]).distribution()
     assert isinstance(integer, IntDistribution) and (integer.low, integer.high) == (2, 4)  # both ends included
@@ -84,8 +82,43 @@ BAD_SPACES = [
     ("kind-typo", "training:\n  learning_rate: {log_uniform: [1.0e-5, 1.0e-3]}\n", "'log_uniform' is not a kind"),
     ("end-out-of-schema", "qlora:\n  lora_rank: {integer: [8, 2048]}\n", "qlora.lora_rank=2048"),
     ("cross-check", "generation:\n  max_length: {integer: [50, 400]}\n", "generation.max_length 400 is far above"),
-    ("no-dimension", "training:\n  learning_rate: 1.0e-4\n", "no search dimensions"),
 ]
+
+
+def test_a_config_without_dimensions_searches_the_default_space_around_its_values(tmp_path):
+    """One of the seven configs (or any YAML without dimensions) is searched around its own values: learning rate
+    a tenth to ten times, warmup 0 to twice (at least 0.2), LoRA rank half, once and twice."""
+    from trainables.driver.search import check_search_space, read_search_space, resolve_config
+
+    space = read_search_space(resolve_config(BASE, ROOT / "search_spaces"), ROOT / "search_spaces")
+    assert space.default and space.name == BASE
+    assert {d.name: (d.kind, d.values) for d in space.dimensions} == {
+        "training.learning_rate": ("loguniform", [3e-6, 3e-4]), "training.warmup_ratio": ("uniform", [0.0, 0.2]),
+        "qlora.lora_rank": ("choice", [32, 64, 128])}
+    own = read_search_space(_search_yaml(tmp_path, "training:\n  learning_rate: 1.0e-4\n  warmup_ratio: 0.15\n"),
+                            ROOT / "search_spaces")
+    assert {d.name: d.values for d in own.dimensions}["training.learning_rate"] == [1e-5, 1e-3]
+    assert {d.name: d.values for d in own.dimensions}["training.warmup_ratio"] == [0.0, 0.3]
+    check_search_space(own, "smoke")  # every end validates
+
+
+def test_smoke_search_keeps_the_lora_scale_and_evaluates_twice_an_epoch(tmp_path):
+    """A searched lora_rank is used as sampled, so lora_alpha stays as written (smoke scales it with its rank cap:
+    capping it alone would change alpha / rank); smoke's evaluation interval applies to a search too, the shortest
+    one any sampled batch size needs for two evaluations an epoch."""
+    from trainables.config import smoke_eval_steps
+    from trainables.driver.search import check_search_space, read_search_space
+
+    space = read_search_space(EXAMPLE, ROOT / "search_spaces")
+    _, running, changes, _ = check_search_space(space, "smoke", train_rows=300)
+    assert running.qlora.lora_alpha == 128 and not [c for c in changes if c.startswith("qlora.lora_alpha")]
+    t = running.training
+    assert t.eval_steps == smoke_eval_steps(200, 300, t.per_device_train_batch_size, t.gradient_accumulation_steps) < 200
+    batches = read_search_space(_search_yaml(tmp_path, "training:\n  per_device_train_batch_size: {choice: [2, 8]}\n"),
+                                ROOT / "search_spaces")
+    _, running, _, _ = check_search_space(batches, "smoke", train_rows=300)
+    accumulation = running.training.gradient_accumulation_steps
+    assert running.training.eval_steps == min(smoke_eval_steps(200, 300, b, accumulation) for b in (2, 8))
 
 
 def _main(capsys, *args: str) -> tuple[int, str]:
@@ -114,9 +147,9 @@ def test_bad_search_space_stops_before_ray(tmp_path, capsys, body, expect):
 
 
 @pytest.mark.parametrize("args,expect", [
-    (["--samples", "0"], "--samples 0"),
+    (["--samples", "0"], "--samples: expected a whole number of at least 1, got '0'"),
     ([], "--samples N is required"),
-    (["--samples", "2", "--only", BASE], "--only"),
+    (["--samples", "2", "--only", BASE], "--only is a flag of run and check and plan, not of search"),
 ])
 def test_bad_search_command_stops_before_ray(tmp_path, capsys, args, expect):
     code, err = _main(capsys, "search", "kobart_baseline", *args, "--storage-path", str(tmp_path / "r"))
@@ -125,15 +158,17 @@ def test_bad_search_command_stops_before_ray(tmp_path, capsys, args, expect):
 
 
 def test_samples_zero_through_the_real_command_line(tmp_path):
-    proc = run_cli("search", "kobart_baseline", "--samples", "0", "--storage-path", str(tmp_path / "r"), timeout=120)
-    assert proc.returncode == 2 and proc.stderr.strip() == "error: search: --samples 0: sample at least 1 config"
-    assert "--samples" in run_cli("--samples", "3", "--storage-path", str(tmp_path / "r"), timeout=120).stderr
+    proc = run_refused("search", "kobart_baseline", "--samples", "0", "--storage-path", str(tmp_path / "r"))
+    assert proc.returncode == 2 and proc.stderr.strip() == ("error: --samples: expected a whole number of at least 1, "
+                                                            "got '0'; see python tune_main7.py search --help")
+    assert "--samples" in run_refused("--samples", "3", "--storage-path", str(tmp_path / "r")).stderr
 
 
 def test_fixed_grid_refuses_search_dimensions(tmp_path):
     from trainables.config import load_search_space
 
-    assert len(load_search_space(ROOT / "search_spaces")) == 7  # search_spaces/search/ is not part of the grid
+    grid = sorted(c.name for c in load_search_space(ROOT / "search_spaces"))
+    assert grid == sorted(p.stem for p in (ROOT / "search_spaces").glob("*.yaml"))  # search/ and llm/ are not part of it
     spaces = tmp_path / "spaces"
     spaces.mkdir()
     text = (ROOT / "search_spaces" / f"{BASE}.yaml").read_text(encoding="utf-8")
@@ -146,7 +181,7 @@ def test_fixed_grid_refuses_search_dimensions(tmp_path):
 def test_trial_revalidates_its_sampled_config():
     """A value the driver could not see (a sampled one) goes through the same schema inside the trial."""
     from trainables.config import ConfigError, apply_mode, load_experiment
-    from trainables.seq2seq import train_summarizer as train_sampled  # a search's trials run the grid's trainable
+    from trainables.trial.entry import train_summarizer as train_sampled  # a search's trials run the grid's trainable
 
     exp = apply_mode(load_experiment(ROOT / "search_spaces" / f"{BASE}.yaml"), "smoke")[0].model_dump()
     run = {"mode": "smoke", "data_dir": str(ROOT / "data"),
@@ -180,23 +215,71 @@ def _analysis(experiment_dir: Path):
     return ExperimentAnalysis(str(experiment_dir), default_metric="competition_score", default_mode="max")
 
 
+def _saved_statuses(experiment_dir: Path) -> list[str]:
+    """The trial statuses in Tune's last saved experiment state (what a resume starts from)."""
+    states = sorted(experiment_dir.glob("experiment_state-*.json")) if experiment_dir.is_dir() else []
+    try:
+        return [json.loads(t[0])["status"] for t in json.loads(states[-1].read_text())["trial_data"]] if states else []
+    except (ValueError, KeyError, IndexError, TypeError):
+        return []  # being written
+
+
+def _kill_once_finished(driver: subprocess.Popen, experiment_dir: Path, finished: int, log: Path) -> None:
+    """SIGKILL the search's process group as soon as Tune's saved state has `finished` ended trials."""
+    deadline = time.time() + 900
+    try:
+        while time.time() < deadline and driver.poll() is None:
+            if _saved_statuses(experiment_dir).count("TERMINATED") >= finished:
+                break
+            time.sleep(0.2)
+        assert driver.poll() is None, "the search ended before it could be killed: " + log.read_text()[-2000:]
+        assert time.time() < deadline, "not enough finished trials in time"
+    finally:
+        kill_between_writes(driver, experiment_dir)
+
+
 @pytest.mark.slow
-def test_smoke_search_stops_poor_trials_early_and_reports_the_best(tmp_path, standin_cache):
+def test_smoke_search_stops_poor_trials_early_resumes_after_a_kill_and_reports_the_best(tmp_path, standin_cache):
+    """One search of 4 samples, one at a time, SIGKILLed after its third finished trial and resumed: ASHA stopped
+    the poor ones at their first evaluation, the finished trials were not run again, the searcher came back with
+    its state, and report/predict rank the trials like any experiment. (Was two searches: 4 samples; 3 samples,
+    killed after the first.)"""
     path = _search_yaml(tmp_path, SMOKE_SPACE, "lr_search")
     storage = tmp_path / "results"
-    started = time.time()
-    proc = run_cli("search", str(path), "--mode", "smoke", "--samples", "4", "--max-concurrent", "1",
-                   "--storage-path", str(storage), "--name", "search", "--cache-dir", str(standin_cache), timeout=1200)
-    print(f"search: {time.time() - started:.0f} s")
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, out[-4000:]
     experiment_dir = storage / "search"
+    log = tmp_path / "driver.out"
+    driver = subprocess.Popen(
+        [sys.executable, str(ROOT / "tune_main7.py"), "search", str(path), "--mode", "smoke", "--samples", "4",
+         "--max-concurrent", "1", "--storage-path", str(storage), "--name", "search", "--cache-dir", str(standin_cache)],
+        cwd=ROOT, stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    _kill_once_finished(driver, experiment_dir, 3, log)
+    before = {t.trial_id: (t.status, t.config["experiment"]["training"]["learning_rate"])
+              for t in _analysis(experiment_dir).trials}
+    finished = {tid for tid, (status, _) in before.items() if status == "TERMINATED"}
+    assert 3 <= len(finished) < 4, before  # killed mid-search, after three finished trials
+    rows_before = {tid: (d / "result.json").read_text() for tid, d in _trial_dirs(experiment_dir).items()
+                   if tid in finished}
+
+    proc = run_cli("search", "--resume", str(experiment_dir), "--storage-path", str(storage), timeout=1200)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert f"Resuming {experiment_dir}" in proc.stdout
     marker = json.loads((experiment_dir / "tune_main7.json").read_text())
     assert marker["kind"] == "search" and marker["samples"] == 4
     assert marker["dimensions"] == {"training.learning_rate": "choice [0.005, 1e-07]"}
 
     analysis = _analysis(experiment_dir)
-    assert len(analysis.trials) == 4 and {t.status for t in analysis.trials} == {"TERMINATED"}
+    assert len(analysis.trials) == 4, "the search continued to its 4 samples, no more"
+    assert {t.status for t in analysis.trials} == {"TERMINATED"}
+    for tid, (_, lr) in before.items():  # the same trials, with the values they were sampled with
+        assert next(t for t in analysis.trials if t.trial_id == tid).config["experiment"]["training"]["learning_rate"] == lr
+    for tid, text in rows_before.items():  # finished trials were not run again
+        assert (_trial_dirs(experiment_dir)[tid] / "result.json").read_text() == text
+    # The searcher came back with its state: Optuna's study knows every trial, each told once.
+    study = _find_study(pickle.loads(sorted(experiment_dir.glob("searcher-state-*.pkl"))[-1].read_bytes()))
+    assert study is not None and len(study.trials) == 4
+    assert all(t.state.name == "COMPLETE" for t in study.trials), [t.state for t in study.trials]
+
     dirs = _trial_dirs(experiment_dir)
     stopped = {tid for tid, d in dirs.items() if (d / "stopped_early.json").exists()}
     evaluations = {tid: len(pd.read_csv(d / "progress.csv")) for tid, d in dirs.items()}
@@ -205,7 +288,8 @@ def test_smoke_search_stops_poor_trials_early_and_reports_the_best(tmp_path, sta
         assert evaluations[tid] == 1, evaluations
         assert json.loads((dirs[tid] / "stopped_early.json").read_text())["by"] == "ASHA"
         assert not (dirs[tid] / "error.txt").exists()
-    assert any(n == 2 for tid, n in evaluations.items() if tid not in stopped), "some trial ran to its end"
+    # some trial ran to its end, evaluating at least twice an epoch (smoke's shortened eval_steps, as in the grid)
+    assert any(n >= 4 for tid, n in evaluations.items() if tid not in stopped), evaluations
 
     # The trial really ran its sampled value, re-validated, with smoke's other limits on the fixed values.
     lrs = {t.trial_id: t.config["experiment"]["training"]["learning_rate"] for t in analysis.trials}
@@ -221,63 +305,10 @@ def test_smoke_search_stops_poor_trials_early_and_reports_the_best(tmp_path, sta
     assert ranked[0] == best.trial_id and sorted(ranked) == sorted(lrs)
     assert (experiment_dir / "report" / "search.png").stat().st_size > 10_000
     # predict's choice of checkpoint takes the best trial like any other experiment
-    from trainables.predict import best_checkpoint
+    from trainables.results.predict import best_checkpoint
 
     _, checkpoint = best_checkpoint(experiment_dir)
     assert Path(checkpoint).parent == dirs[best.trial_id] and (Path(checkpoint) / "trial_meta.json").is_file()
-
-
-@pytest.mark.slow
-def test_killed_search_resumes_without_rerunning_finished_trials(tmp_path, standin_cache):
-    path = _search_yaml(tmp_path, SMOKE_SPACE, "lr_search")
-    storage = tmp_path / "results"
-    experiment_dir = storage / "killed"
-    driver = subprocess.Popen(
-        [sys.executable, str(ROOT / "tune_main7.py"), "search", str(path), "--mode", "smoke", "--samples", "3",
-         "--max-concurrent", "1", "--storage-path", str(storage), "--name", "killed", "--cache-dir", str(standin_cache)],
-        cwd=ROOT, stdout=open(tmp_path / "driver.out", "w"), stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    deadline = time.time() + 900
-    try:  # kill once a trial has finished and Tune has saved that (its experiment state: every 10 s at most)
-        while time.time() < deadline and driver.poll() is None:
-            summaries = sorted(experiment_dir.glob("summary_*/experiment_summary.json")) if experiment_dir.is_dir() else []
-            try:
-                counts = json.loads(summaries[-1].read_text())["status_counts"] if summaries else {}
-            except ValueError:
-                counts = {}
-            if counts.get("TERMINATED", 0) + counts.get("STOPPED_EARLY", 0) >= 1:
-                break
-            time.sleep(0.5)
-        assert time.time() < deadline, "no finished trial in time"
-        time.sleep(12)
-        assert driver.poll() is None, "the search ended before it could be killed: " + \
-            (tmp_path / "driver.out").read_text()[-2000:]
-    finally:
-        os.killpg(driver.pid, signal.SIGKILL)
-        driver.wait(timeout=30)
-    before = {t.trial_id: (t.status, t.config["experiment"]["training"]["learning_rate"])
-              for t in _analysis(experiment_dir).trials}
-    finished = {tid for tid, (status, _) in before.items() if status == "TERMINATED"}
-    assert finished and len(finished) < 3, before  # killed mid-search, after a finished trial
-    rows_before = {tid: (d / "result.json").read_text() for tid, d in _trial_dirs(experiment_dir).items()
-                   if tid in finished}
-
-    proc = run_cli("search", "--resume", str(experiment_dir), "--storage-path", str(storage), timeout=1200)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert f"Resuming {experiment_dir}" in proc.stdout
-    after = _analysis(experiment_dir).trials
-    assert len(after) == 3, "the search continued to its 3 samples, no more"
-    assert {t.status for t in after} == {"TERMINATED"}
-    for tid, (_, lr) in before.items():  # the same trials, with the values they were sampled with
-        assert next(t for t in after if t.trial_id == tid).config["experiment"]["training"]["learning_rate"] == lr
-    for tid, text in rows_before.items():  # finished trials were not run again
-        assert (_trial_dirs(experiment_dir)[tid] / "result.json").read_text() == text
-    # The searcher came back with its state: Optuna's study knows every trial, each told once.
-    state = sorted(experiment_dir.glob("searcher-state-*.pkl"))[-1]
-    searcher = pickle.loads(state.read_bytes())
-    study = _find_study(searcher)
-    assert study is not None and len(study.trials) == 3
-    assert all(t.state.name == "COMPLETE" for t in study.trials), [t.state for t in study.trials]
 
 
 def _find_study(obj, depth: int = 0):

@@ -29,7 +29,7 @@ def test_side_by_side_dry_run_measures_both_sides(tmp_path):
         assert r["eval_s_full"] > 0 and r["projection"]["steps"] > 0 and r["projection"]["evaluations"] > 0
     assert row["project"]["eff"]["eff_speed_enabled"] is True
     assert row["project"]["eff"]["eff_speed_eval_merged"].startswith("yes")
-    assert row["project"]["eff"]["eff_speed_chunked_loss"] is True  # the probe's wrapped loss ran the chunked one
+    assert row["project"]["eff"]["eff_speed_chunked_loss"] is False  # off by default: it measured no memory saving
     # both sides trained the same number of label tokens per optimizer step (same effective batch)
     assert row["baseline"]["train_label_tokens"] > 0 and row["project"]["train_label_tokens"] > 0
     assert "same_predictions" in row and row["data"]["dev_rows"] == 12

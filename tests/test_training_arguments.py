@@ -9,8 +9,8 @@ import pytest
 
 from tests.conftest import ROOT
 from trainables.config import apply_mode, load_search_space
-from trainables.models import EffectiveSettings
-from trainables.seq2seq import LOCAL_CHECKPOINTS_KEPT, training_arguments
+from trainables.trial.models import EffectiveSettings
+from trainables.trial.recipe import LOCAL_CHECKPOINTS_KEPT, training_arguments
 
 CONFIGS = {c.name: c for c in load_search_space(ROOT / "search_spaces")}
 
@@ -50,6 +50,7 @@ def test_every_training_field_reaches_the_trainer(name, tmp_path):
     assert args.train_sampling_strategy == ("group_by_length" if t.group_by_length else "random")
     assert args.seed == t.seed and args.data_seed == t.seed
     assert args.save_total_limit == LOCAL_CHECKPOINTS_KEPT
+    assert args.restore_callback_states_from_checkpoint  # early stopping's patience comes back with a resume
     assert args.report_to == [] and args.run_name == exp.name
     assert args.logging_nan_inf_filter is False  # a NaN step loss must reach StopOnNaN
     assert args.use_cpu is True and args.bf16 is False and args.fp16 is False

@@ -1,4 +1,4 @@
-"""Callbacks that tests add to a trial through its extension point (`run.callbacks`, trainables.callbacks):
+"""Callbacks that tests add to a trial through its extension point (`run.callbacks`, trainables.trial.callbacks):
 what a test needs to see inside a trial, without patching the trainable's module."""
 
 from __future__ import annotations

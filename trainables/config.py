@@ -8,15 +8,18 @@ This module knows nothing of Ray or torch.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from trainables.errors import UserError
 from trainables.metrics import DEFAULT_TOKENIZATION, TOKENIZATIONS
+from trainables.secrets import check_config_secrets
 
 Mode = Literal["smoke", "quick", "full"]
 MODES = get_args(Mode)
@@ -35,7 +38,7 @@ DEFAULT_SPECIAL_TOKENS = [
 Metric = Literal["competition_score", "rouge1", "rouge2", "rougeL", "eval_loss"]
 METRICS = get_args(Metric)
 Tokenization = Literal[TOKENIZATIONS]  # defined with the metric (trainables.metrics)
-Architecture = Literal["mt5", "t5", "bart"]
+Architecture = Literal["mt5", "t5", "bart", "llama", "qwen2", "qwen3"]  # the checkpoint's config.model_type
 
 
 def mode_of(metric: str) -> str:
@@ -47,8 +50,37 @@ class ConfigError(UserError, ValueError):
     """A config problem, phrased for the user: which file, which key, how to fix it."""
 
 
+def _number_kind(annotation: Any) -> str | None:
+    """"an integer" / "a number" for a whole-number / numeric field (None allowed or not), else None."""
+    kinds = set(get_args(annotation) or (annotation,)) - {type(None)}
+    if kinds == {int}:
+        return "an integer"
+    return "a number" if kinds and kinds <= {int, float} else None
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _numbers_are_numbers(cls, value: Any, info) -> Any:
+        """Numbers as numbers: pydantic's lax mode would take `true` as 1 and the text "3" as 3, a typo or a
+        quoted value the user never meant as that number."""
+        kind = _number_kind(cls.model_fields[info.field_name].annotation)
+        if kind and isinstance(value, bool):
+            raise PydanticCustomError("strict_number", f"expected {kind}, not true/false")
+        if kind and isinstance(value, str):
+            hint = "; write it without quotes" if _is_number_text(value) else ""
+            raise PydanticCustomError("strict_number", f"expected {kind}, not text{hint}")
+        return value
+
+
+def _is_number_text(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 class ModelSection(_Section):
@@ -61,6 +93,32 @@ class TokenizerSection(_Section):
     decoder_max_len: int = Field(gt=0, le=2048)
     input_prefix: str = ""
     special_tokens: list[str] = Field(default_factory=lambda: list(DEFAULT_SPECIAL_TOKENS))
+
+
+class PromptSection(_Section):
+    """How a decoder-only model's prompt is built from the dialogue (llama, qwen2, qwen3 only;
+    trainables/trial/families/causal_lm/prompt.py). The input prefix (tokenizer.input_prefix) goes right before
+    the dialogue in either template."""
+
+    # true: the tokenizer's chat template where it has one, else `template`; false: always `template`;
+    # a string: a Jinja chat template of your own (rendered with messages, add_generation_prompt, bos_token)
+    chat_template: bool | str = True
+    system: str | None = None  # a system message: the chat template's first message; `{system}` in `template`
+    template: str = "### 대화:\n{dialogue}\n\n### 요약:\n"  # the plain template: `{dialogue}` exactly once
+
+    @field_validator("template")
+    @classmethod
+    def _has_dialogue(cls, value: str) -> str:
+        if value.count("{dialogue}") != 1:
+            raise ValueError("the template must contain {dialogue} exactly once (where the dialogue goes)")
+        return value
+
+    @field_validator("chat_template")
+    @classmethod
+    def _template_text(cls, value: bool | str) -> bool | str:
+        if isinstance(value, str) and not value.strip():
+            raise ValueError("an empty chat template; use true (the tokenizer's), false (prompt.template) or a Jinja template")
+        return value
 
 
 class TrainingSection(_Section):
@@ -133,17 +191,21 @@ class MetricSection(_Section):
     tokenization: Tokenization = DEFAULT_TOKENIZATION
     # The one metric of a run: early stopping inside each trial, the checkpoints Tune keeps, and the best
     # trial/checkpoint of `report`, `predict` and `export`. `--metric` sets it for every config of a run;
-    # configs of one grid must agree on it (trainables.launch checks), since Tune ranks them all by one metric.
+    # configs of one grid must agree on it (trainables.driver.launch checks), since Tune ranks them all by one metric.
     best_metric: Metric = "competition_score"
 
 
 class SpeedSection(_Section):
-    """The speed-ups of trainables/speed.py; `speed: off` (or `enabled: false`) is the plain Seq2SeqTrainer path."""
+    """The speed layer (trainables/trial/speed/); `speed: off` (or `enabled: false`) is the plain path (the family's
+    own Trainer), which never loads the layer."""
 
     enabled: bool = True
     fast_eval: bool = True  # generate from a merged half-precision copy, longest dialogues first, larger batches
     micro_batch: bool = True  # larger micro-batch, less accumulation, same effective batch (GPU only)
-    chunked_loss: bool = True  # cross-entropy in fp32 chunks of rows, no full-size fp32 logits (trainables.losses)
+    # cross-entropy in fp32 chunks of rows, no full-size fp32 logits (trainables/trial/speed/losses.py). Off by default:
+    # measured on an H100 it did not lower the mT5 configs' peak (16.47 GiB against 16.6 plain; activations fill
+    # the cap first), so it bought nothing (BENCHMARKS.md)
+    chunked_loss: bool = False
     tf32: bool = True
     # PyTorch's attention (SDPA) without its cuDNN backend: on an H100 (torch 2.11) cuDNN attention spent ~7 ms of
     # CPU per call setting up each new shape, most of a training step and of every decoding step (BENCHMARKS.md)
@@ -152,14 +214,20 @@ class SpeedSection(_Section):
     max_eval_rows: int = Field(default=256, gt=0)  # most dialogues per generation batch
 
 
+# An experiment's name (the YAML's `name:`, the command line's --name) is one plain folder name: no path, no `..`.
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+NAME_MAX_LENGTH = 100
+
+
 class ExperimentConfig(_Section):
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100)
+    name: str = Field(pattern=NAME_PATTERN, max_length=NAME_MAX_LENGTH)
     description: str = ""
     model: ModelSection
     tokenizer: TokenizerSection
     training: TrainingSection
     generation: GenerationSection
     qlora: QLoraSection
+    prompt: PromptSection | None = None  # decoder-only models only
     metric: MetricSection = Field(default_factory=MetricSection)
     speed: SpeedSection = Field(default_factory=SpeedSection)
 
@@ -193,24 +261,72 @@ def _format_validation_error(path: Path, error: ValidationError) -> str:
     return "\n".join(lines)
 
 
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader, reading numbers as YAML 1.2 does: `1e-4` (no dot) is a float, not the string "1e-4"
+    (YAML 1.1's rule, which a schema of strict numbers would refuse)."""
+
+
+_Loader.add_implicit_resolver(  # copies SafeLoader's table first: yaml.safe_load elsewhere is unchanged
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9][0-9_]*)[eE][-+]?[0-9]+$"),
+    list("-+.0123456789"),
+)
+
+
+def _duplicate_key(node: yaml.Node, where: str = "") -> tuple[str, int, int] | None:
+    """The first key written twice in one mapping of the document ("section.key", first line, second line), which
+    yaml.safe_load would silently resolve to the last value."""
+    if isinstance(node, yaml.SequenceNode):
+        return next((d for i, v in enumerate(node.value) if (d := _duplicate_key(v, f"{where}[{i}]"))), None)
+    if not isinstance(node, yaml.MappingNode):
+        return None
+    seen: dict[str, int] = {}
+    for key, value in node.value:
+        name = str(key.value) if isinstance(key, yaml.ScalarNode) else None
+        if name is not None and name in seen:
+            return f"{where}.{name}" if where else name, seen[name], key.start_mark.line + 1
+        if name is not None:
+            seen[name] = key.start_mark.line + 1
+        found = _duplicate_key(value, f"{where}.{name}" if where else str(name))
+        if found:
+            return found
+    return None
+
+
+def _load_yaml_text(text: str, path: Path) -> Any:
+    loader = _Loader(text)
+    try:
+        node = loader.get_single_node()
+        duplicate = _duplicate_key(node) if node is not None else None
+        if duplicate:
+            key, first, second = duplicate
+            raise ConfigError(f"{path}: {key} is written twice (lines {first} and {second}); keep one, since YAML "
+                              "would silently take the last")
+        return loader.construct_document(node) if node is not None else None
+    except yaml.YAMLError as err:
+        where = getattr(err, "problem_mark", None)
+        at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
+        raise ConfigError(f"{path}: YAML syntax error{at}: {getattr(err, 'problem', err)}") from None
+    finally:
+        loader.dispose()
+
+
 def read_yaml(path: Path) -> dict[str, Any]:
-    """The raw mapping of one YAML file (safe loader only), with a one-line error for unreadable files."""
+    """The raw mapping of one YAML file (safe loader only), with a one-line error for unreadable files, a key
+    written twice, and a secret pasted into a value (trainables.secrets: it would be copied into every results
+    file). Every YAML of a run is read here: the grid's, a search's and its `base:`."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as err:
         raise ConfigError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start}); save it as UTF-8") from None
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        where = getattr(err, "problem_mark", None)
-        at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
-        raise ConfigError(f"{path}: YAML syntax error{at}: {getattr(err, 'problem', err)}") from None
+    raw = _load_yaml_text(text, path)
     if raw is None:
         raise ConfigError(f"{path}: file is empty; write an experiment (sections model:, tokenizer:, training:, "
                           "generation:, qlora:; see search_spaces/README.md) or delete the file")
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of sections (model:, training:, ...), got {type(raw).__name__}")
+    check_config_secrets(raw, path)
     raw.setdefault("name", path.stem)
     return raw
 
@@ -222,7 +338,7 @@ def validate_experiment(raw: dict[str, Any], path: Path) -> ExperimentConfig:
         raise ConfigError(_format_validation_error(Path(path), err)) from None
 
 
-# Search dimensions (trainables/search.py samples them): a setting written as a one-key mapping such as
+# Search dimensions (trainables/driver/search.py samples them): a setting written as a one-key mapping such as
 # `learning_rate: {loguniform: [1.0e-5, 1.0e-3]}`. The fixed grid refuses them, so a search YAML never runs as
 # one fixed trial with a made-up value.
 DIMENSION_KINDS = ("loguniform", "uniform", "integer", "choice")
@@ -276,41 +392,15 @@ def load_search_space(directory: Path, only: list[str] | None = None) -> list[Ex
 
 
 # ---------------------------------------------------------------------------------------------------
-# Static checks that need no model weights: LoRA target names per family, precision traps.
-
-# Linear layer names (last path component) in each family's seq2seq model, as transformers names them.
-FAMILY_LINEAR_NAMES = {
-    "t5": {"q", "k", "v", "o", "wi_0", "wi_1", "wo", "lm_head"},
-    "mt5": {"q", "k", "v", "o", "wi_0", "wi_1", "wo", "lm_head"},
-    "bart": {"q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2", "lm_head"},
-}
-# Embedding layer names that LoRA can also wrap.
-FAMILY_EMBEDDING_NAMES = {"t5": {"shared", "embed_tokens"}, "mt5": {"shared", "embed_tokens"}, "bart": {"shared", "embed_tokens"}}
-
-
-def unmatched_lora_targets(cfg: ExperimentConfig) -> list[str]:
-    """Targets that match no module of the config's family (the seed's `wi` on mT5 is one)."""
-    known = FAMILY_LINEAR_NAMES[cfg.model.architecture] | FAMILY_EMBEDDING_NAMES[cfg.model.architecture]
-    return [t for t in cfg.qlora.target_modules if t not in known]
+# Static checks that need no model weights: the model family's (LoRA target names, precision traps).
 
 
 def static_problems(cfg: ExperimentConfig) -> tuple[list[str], list[str]]:
-    """(errors, warnings) that can be known from the config alone."""
-    errors, warnings = [], []
-    if cfg.qlora.use_qlora:
-        bad = unmatched_lora_targets(cfg)
-        if bad:
-            known = sorted(FAMILY_LINEAR_NAMES[cfg.model.architecture])
-            errors.append(
-                f"{cfg.name}: qlora.target_modules {bad} match no module of a {cfg.model.architecture} model; "
-                f"use names from {known}" + (" (T5/mT5 feed-forward layers are wi_0 and wi_1, not wi)" if "wi" in bad else "")
-            )
-    if cfg.training.fp16 and cfg.model.architecture in ("t5", "mt5"):
-        warnings.append(
-            f"{cfg.name}: fp16 on a {cfg.model.architecture} model overflows (NaN loss); it will run in bf16, "
-            "or fp32 where the card has no bf16"
-        )
-    return errors, warnings
+    """(errors, warnings) that can be known from the config alone; the config's model family knows them
+    (trainables.trial.families: its static half imports no torch)."""
+    from trainables.trial.families import family_of
+
+    return family_of(cfg.model.architecture).static_problems(cfg)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -383,17 +473,32 @@ def mode_overlays(mode: str, train_rows: int | None = None) -> list[Overlay]:
         ("generation.num_beams", at_most(lim["num_beams"])),
         ("generation.max_length", at_most(lim["decoder_max_len"])),
         ("generation.min_length", at_most(5)),
+        # alpha first, scaled as the rank is capped: LoRA's update is scaled by alpha / rank, which smoke keeps
+        ("qlora.lora_alpha", lambda old, cfg: max(1, round(old * min(cfg.qlora.lora_rank, lim["lora_rank"])
+                                                          / cfg.qlora.lora_rank))),
         ("qlora.lora_rank", at_most(lim["lora_rank"])),
-        ("qlora.lora_alpha", at_most(2 * lim["lora_rank"])),
     )]
+
+
+# Settings a mode changes together, so it leaves all of a group as written when a search samples one of them:
+# smoke scales lora_alpha with its cap on lora_rank, and a sampled rank is used as sampled (a capped alpha under an
+# uncapped rank would change the alpha / rank scale the search explores, and record another one than ran).
+LINKED_SETTINGS = (frozenset({"qlora.lora_rank", "qlora.lora_alpha"}),)
+
+
+def with_linked(keys: frozenset[str]) -> frozenset[str]:
+    """`keys` plus every setting LINKED_SETTINGS ties to one of them."""
+    return keys.union(*(group for group in LINKED_SETTINGS if group & keys))
 
 
 def apply_overlays(cfg: ExperimentConfig, overlays: list[Overlay], keep: frozenset[str] = frozenset()
                    ) -> tuple[ExperimentConfig, list[str]]:
-    """A new config with the overlays applied in order (keys in `keep` untouched: a search's sampled values),
-    re-validated, and the list of what changed ("section.key: old -> new", with the source unless a mode)."""
+    """A new config with the overlays applied in order (keys in `keep` untouched: a search's sampled values, and
+    the settings LINKED_SETTINGS ties to them), re-validated, and the list of what changed ("section.key: old -> new",
+    with the source unless a mode)."""
     out = cfg.model_copy(deep=True)
     changes: list[str] = []
+    keep = with_linked(keep)
     for overlay in overlays:
         if overlay.key in keep:
             continue
@@ -432,7 +537,7 @@ class ModelLocation(_Section):
 
 
 class Placement(_Section):
-    """A packed trial's share of a GPU (trainables.plan)."""
+    """A packed trial's share of a GPU (trainables.driver.plan)."""
 
     gpu: float = Field(gt=0, le=1)
     memory_cap_gib: float | None = None

@@ -13,6 +13,7 @@ from typing import Any
 MARKER = "tune_main7.json"  # written into our experiment folders, so --resume can tell ours from others
 TRIAL_META = "trial_meta.json"  # written into every checkpoint: what predict needs to rebuild the model
 STOPPED_EARLY = "stopped_early.json"  # written into a trial's folder when a search's ASHA stops it early
+DRIVER_RECORD = "tune_main7-driver.json"  # while a run (or resume) drives the experiment: its pid and host
 
 
 def is_uri(path: Path | str) -> bool:

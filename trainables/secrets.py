@@ -1,6 +1,7 @@
 """Secrets (WANDB_API_KEY, HF_TOKEN, ...): read from the environment or a `.env` file, never written anywhere.
 
-The driver calls `load_dotenv_files()` before Ray starts. Values land in the driver's environment only; the
+`dotenv_values_to_set()` reads the `.env` files; the driver's process.configure_cli puts what they add into its
+environment before Ray starts (this module writes nothing). Values land in the driver's environment only; the
 local Ray cluster it starts, and so every trial process, inherits that environment. Secret values are never
 put into the trial config (`run` section -> params.json, result.json, Tune's console table) nor into Ray's
 `runtime_env` env_vars (which Ray logs): `check_no_secrets` guards both.
@@ -12,7 +13,7 @@ import logging
 import os
 import re
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator, Mapping
 
 from trainables.errors import UserError
 
@@ -44,18 +45,18 @@ def dotenv_candidates(cwd: Path | None = None) -> list[Path]:
     return out
 
 
-def load_dotenv_files(paths: Iterable[Path] | None = None) -> list[Path]:
-    """Load `.env` files into os.environ without overriding what is already set; return the files read.
-
-    Into os.environ on purpose (called once, by process.configure_cli): a local Ray's trial workers and the W&B
-    logging actors inherit the driver's environment, which is how a key reaches them without going through Ray's
-    runtime_env (logged in plain text); and `redact`/`find_secrets` look for these values there.
+def dotenv_values_to_set(paths: Iterable[Path] | None = None,
+                         environ: Mapping[str, str] | None = None) -> tuple[dict[str, str], list[Path]]:
+    """(the variables the `.env` files set that `environ` (default os.environ) lacks, the files read). The first
+    file to set a name wins; nothing already set is overridden. The caller applies them (process.configure_cli).
 
     Logs only the file names and the variable names, never a value."""
+    env = os.environ if environ is None else environ
     try:
         from dotenv import dotenv_values
     except ImportError:  # python-dotenv missing: the environment alone counts
-        return []
+        return {}, []
+    to_set: dict[str, str] = {}
     loaded = []
     for path in paths if paths is not None else dotenv_candidates():
         path = Path(path)
@@ -66,19 +67,22 @@ def load_dotenv_files(paths: Iterable[Path] | None = None) -> list[Path]:
         except (OSError, UnicodeDecodeError) as err:
             log.warning("%s: not read (%s); set the variables in the environment instead", path, type(err).__name__)
             continue
-        names = [k for k, v in values.items() if v is not None and k not in os.environ]
-        for name in names:
-            os.environ[name] = values[name]
+        names = [k for k, v in values.items() if v is not None and k not in env and k not in to_set]
+        to_set.update({name: values[name] for name in names})
         loaded.append(path)
         if names:
             log.info("%s: set %s from the file", path, ", ".join(sorted(names)))
-    return loaded
+    return to_set, loaded
+
+
+def secret_variables(environ: dict[str, str] | None = None) -> dict[str, str]:
+    """The secret-named variables of the environment whose values are long enough to be worth looking for."""
+    env = os.environ if environ is None else environ
+    return {k: v for k, v in env.items() if is_secret_name(k) and v and len(v) >= 6}
 
 
 def secret_values(environ: dict[str, str] | None = None) -> set[str]:
-    """The values of the secret-named variables in the environment (long enough to be worth looking for)."""
-    env = os.environ if environ is None else environ
-    return {v for k, v in env.items() if is_secret_name(k) and v and len(v) >= 6}
+    return set(secret_variables(environ).values())
 
 
 def redact(text: str, environ: dict[str, str] | None = None) -> str:
@@ -87,27 +91,59 @@ def redact(text: str, environ: dict[str, str] | None = None) -> str:
     return text
 
 
+def _values(obj: Any, path: str, descend) -> Iterator[tuple[str, str, Any]]:
+    """(path, key, value) of every value inside nested dicts/lists, depth first ("section.key", "key[0]"); a
+    dict's value is entered only where `descend(key, value)` says so."""
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            p = f"{path}.{k}" if path else str(k)
+            yield p, str(k), v
+            if descend(str(k), v):
+                yield from _values(v, p, descend)
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            yield f"{path}[{i}]", "", v
+            yield from _values(v, f"{path}[{i}]", descend)
+
+
 def find_secrets(obj: Any, where: str = "", environ: dict[str, str] | None = None) -> list[str]:
     """Paths inside a nested dict/list whose key is secret-named or whose value is a secret's value."""
     values = secret_values(environ)
-    found: list[str] = []
 
-    def walk(o: Any, path: str) -> None:
-        if isinstance(o, dict):
-            for k, v in o.items():
-                p = f"{path}.{k}" if path else str(k)
-                if is_secret_name(str(k)) and v not in (None, "", False):
-                    found.append(p)
-                else:
-                    walk(v, p)
-        elif isinstance(o, (list, tuple)):
-            for i, v in enumerate(o):
-                walk(v, f"{path}[{i}]")
-        elif isinstance(o, str) and any(s in o for s in values):
-            found.append(path)
+    def named(key: str, value: Any) -> bool:
+        return is_secret_name(key) and value not in (None, "", False)
 
-    walk(obj, where)
-    return found
+    return [p for p, k, v in _values(obj, where, lambda k, v: not named(k, v))
+            if named(k, v) or (isinstance(v, str) and any(s in v for s in values))]
+
+
+# Tokens recognisable by their form alone, for a value that is not (or not yet) in the environment.
+TOKEN_FORMS = (
+    ("a Hugging Face token (hf_...)", re.compile(r"\bhf_[A-Za-z0-9]{30,}")),
+    ("a GitHub token (ghp_..., github_pat_...)", re.compile(r"\b(?:gh[pousr]_[A-Za-z0-9]{30,}|github_pat_\w{30,})")),
+    ("an OpenAI-style API key (sk-...)", re.compile(r"\bsk-[A-Za-z0-9_-]{20,}")),
+    # not inside a path: a Hugging Face cache snapshot folder (model.checkpoint) is named by its 40-hex commit
+    ("a W&B API key (40 hex digits; a commit hash there? shorten it)",
+     re.compile(r"(?<![0-9A-Fa-f/\\])[0-9a-f]{40}(?![0-9A-Fa-f/\\])")),
+)
+
+
+def secret_in(text: str, environ: dict[str, str] | None = None) -> str | None:
+    """What secret `text` holds, in words that never repeat it (a variable's name, a token's kind), or None."""
+    named = sorted(k for k, v in secret_variables(environ).items() if v in text)
+    if named:
+        return f"the value of ${named[0]}"
+    return next((f"what looks like {kind}" for kind, form in TOKEN_FORMS if form.search(text)), None)
+
+
+def check_config_secrets(raw: Any, path: Path | str) -> None:
+    """Refuse a config (a YAML's mapping) with a secret in a value: configs are copied into params.json,
+    result.json, trial_meta.json, Tune's state and Ray's files, which redaction of the environment doesn't cover."""
+    for where, _, value in _values(raw, "", lambda k, v: True):
+        what = secret_in(value) if isinstance(value, str) else None
+        if what:
+            raise SecretLeak(f"{path}: {where} holds {what}; a config is copied into every results file: remove it "
+                             "(secrets belong in the environment or .env, which are never written)")
 
 
 def check_no_secrets(obj: Any, what: str) -> None:
