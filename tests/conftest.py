@@ -17,6 +17,12 @@ ROOT = Path(__file__).resolve().parents[1]
 # torch's default of a thread per core oversubscribes them, and its idle threads spin. Measured on the 2-core
 # machine, quick subset: 191.6 core-seconds with the default, 170.1 with one thread. Sizes and code paths are unchanged.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# One Ray authentication mode for every process of the run, fixed before Ray is imported. Left unset, Ray 2.60's
+# first local ray.init() in a test process sets RAY_AUTH_MODE=token in that process's environment (and its cached
+# config), so Ray processes started before and after it disagree: a Cluster node added after such an init refused
+# its head's unauthenticated calls and the trials waited forever (the suite's hang in CI; tests/test_cluster.py).
+# test_dashboard checks Ray's default (token) in a process of its own, without this variable.
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 
 # Commands that start no Ray and stop nothing: run_cli calls main(argv) for them in this process (a fresh

@@ -68,6 +68,7 @@ def fit(plan_and_space, wait_s: float) -> list[dict]:
 @pytest.fixture
 def no_ray_address(monkeypatch):
     monkeypatch.delenv("RAY_ADDRESS", raising=False)  # always our own Ray here, never someone's cluster
+    # (Ray's authentication mode is fixed for the whole run in conftest.py: mixed modes hung this test.)
 
 
 @pytest.fixture
