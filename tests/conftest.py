@@ -143,7 +143,7 @@ def write_sample(folder: Path, **rows: int) -> Path:
 @pytest.fixture(scope="session")
 def standin_cache(tmp_path_factory) -> Path:
     """One stand-in cache for the whole test run, shared by the parallel workers (pytest-xdist): a stand-in is
-    built once (the builder holds a file lock, families.common.one_builder) and rebuilt only when data changes."""
+    built once (the builder holds a file lock, families.common.build_once) and rebuilt only when data changes."""
     if not os.environ.get("PYTEST_XDIST_WORKER"):  # not under xdist
         return tmp_path_factory.mktemp("standins")
     shared = tmp_path_factory.getbasetemp().parent / "standins"  # the run's folder, above each worker's own

@@ -46,3 +46,32 @@ def test_the_same_texts_give_byte_identical_standins_in_fresh_processes(tmp_path
         assert {"tokenizer.json", "model.safetensors", "config.json"} <= set(first[arch]), (arch, sorted(first[arch]))
         differ = sorted(name for name in first[arch] if first[arch][name] != second[arch].get(name))
         assert not differ, f"{arch}: {differ} differ between two builds of the same texts"
+
+
+BUILD_ONCE = """
+import sys, time
+from pathlib import Path
+from trainables.trial.families.common import build_once
+target, log = Path(sys.argv[1]), Path(sys.argv[2])
+
+def build():
+    with log.open("a") as f:
+        f.write("built\\n")
+    time.sleep(1.0)  # the other process arrives while this one is still building
+    (target / "config.json").parent.mkdir(parents=True)
+    (target / "config.json").write_text("{}")
+    return target
+
+print(build_once(target, build))
+"""
+
+
+def test_two_builders_of_one_standin_build_it_once(tmp_path):
+    """Two processes asking for the same stand-in at once: one builds, the other waits for its folder."""
+    target, log = tmp_path / "standins" / "x", tmp_path / "builds.log"
+    procs = [subprocess.Popen([sys.executable, "-c", BUILD_ONCE, str(target), str(log)], cwd=ROOT,
+                              stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=60)[0].strip() for p in procs]
+    assert [p.returncode for p in procs] == [0, 0]
+    assert outs == [str(target)] * 2
+    assert log.read_text().splitlines() == ["built"], "the stand-in was built more than once"

@@ -34,15 +34,16 @@ def standin_folder(version: int, arch: str, texts: list[str], cache_dir: Path, s
     return Path(cache_dir) / "standins" / f"{arch}-{size}{'' if warm or size != 'tiny' else '-cold'}-{digest}"
 
 
-@contextmanager
-def one_builder(target: Path):
-    """Held while a stand-in is built: two runs at once (or parallel test workers) build it once, the second
-    waiting for the first's folder. Yields whether the folder is already there (then there is nothing to build)."""
+def build_once(target: Path, build: Callable[[], Path]) -> Path:
+    """The stand-in folder `target`, made by `build()` unless it is there already. Built under a file lock: two
+    runs at once (or parallel test workers) build it once, the second waiting for the first's folder."""
     from filelock import FileLock
 
+    if (target / "config.json").exists():
+        return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(target) + ".lock"):
-        yield (target / "config.json").exists()
+        return target if (target / "config.json").exists() else build()
 
 
 @contextmanager

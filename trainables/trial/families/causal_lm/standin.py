@@ -151,15 +151,12 @@ def build_standin(arch: str, texts: list[str], cache_dir: Path, size: str = "tin
                   warm_start: bool = True) -> Path:
     """Build (once) and return a folder holding a random-weight causal LM of `arch` and a local tokenizer; the
     same texts give byte-identical files. Tiny stand-ins are warm-started unless `warm_start=False`."""
-    from trainables.trial.families.common import one_builder, save_standin
+    from trainables.trial.families.common import build_once, save_standin
 
     warm = size == "tiny" and warm_start
     target = standin_folder(arch, texts, cache_dir, size, seed, warm)
-    if (target / "config.json").exists():
-        return target
-    with one_builder(target) as built:
-        if built:  # another run built it while this one waited
-            return target
+
+    def build() -> Path:
         import torch
         from transformers import AutoModelForCausalLM
 
@@ -171,3 +168,5 @@ def build_standin(arch: str, texts: list[str], cache_dir: Path, size: str = "tin
         else:
             model = _seeded_on_one_thread(arch, size, tokenizer, texts, seed, warm)
         return save_standin(model, tokenizer, target, arch, size)
+
+    return build_once(target, build)

@@ -146,15 +146,12 @@ def build_standin(arch: str, texts: list[str], cache_dir: Path, size: str = "tin
     are warm-started unless `warm_start=False` (tests and benchmarks that only need the code paths)."""
     from transformers import AutoModelForSeq2SeqLM
 
-    from trainables.trial.families.common import one_builder, save_standin, seeded_on_one_thread, standin_folder
+    from trainables.trial.families.common import build_once, save_standin, seeded_on_one_thread, standin_folder
 
     warm = size == "tiny" and warm_start
     target = standin_folder(STANDIN_FORMAT, arch, texts, cache_dir, size, seed, warm)
-    if (target / "config.json").exists():
-        return target
-    with one_builder(target) as built:
-        if built:  # another run built it while this one waited
-            return target
+
+    def build() -> Path:
         import torch
 
         tokenizer = _train_tokenizer(arch, texts, TINY_VOCAB)
@@ -169,3 +166,5 @@ def build_standin(arch: str, texts: list[str], cache_dir: Path, size: str = "tin
         # T5/mT5: the head saved apart must load untied (transformers 5's config would tie it)
         return save_standin(model, tokenizer, target, arch, size,
                             {"tie_word_embeddings": False} if arch in T5_FAMILY else None)
+
+    return build_once(target, build)
