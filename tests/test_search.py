@@ -202,7 +202,11 @@ def test_trial_revalidates_its_sampled_config():
 # one trial at a time the run is deterministic: TPE's seeded start samples 1e-7 first and 5e-3 second, and ASHA stops
 # the second at its first evaluation. Two at once made it a race (measured: the worse trial reporting first is not
 # stopped, since ASHA compares each trial with those already at the rung).
-SMOKE_SPACE = "training:\n  num_train_epochs: 2\n  learning_rate: {choice: [5.0e-3, 1.0e-7]}\n"
+# The poor value listed first: TPE's two seeded startup draws (seed 42) then give 5e-3 and 1e-7, in that order, so
+# the poor trial meets a better one at ASHA's first rung before the kill (Tune saves the searcher's state, not
+# the scheduler's: a resumed search's ASHA starts with empty rungs). Listed the other way round, the poor trial came
+# first and none was stopped on the suite's sample (measured: 1e-7, then 5e-3 three times).
+SMOKE_SPACE = "training:\n  num_train_epochs: 2\n  learning_rate: {choice: [1.0e-7, 5.0e-3]}\n"
 
 
 def _trial_dirs(experiment_dir: Path) -> dict[str, Path]:
@@ -239,7 +243,8 @@ def _kill_once_finished(driver: subprocess.Popen, experiment_dir: Path, finished
 
 
 @pytest.mark.slow
-def test_smoke_search_stops_poor_trials_early_resumes_after_a_kill_and_reports_the_best(tmp_path, standin_cache):
+def test_smoke_search_stops_poor_trials_early_resumes_after_a_kill_and_reports_the_best(tmp_path, standin_cache,
+                                                                                        suite_data):
     """One search of 4 samples, one at a time, SIGKILLed after its third finished trial and resumed: ASHA stopped
     the poor ones at their first evaluation, the finished trials were not run again, the searcher came back with
     its state, and report/predict rank the trials like any experiment. (Was two searches: 4 samples; 3 samples,
@@ -250,7 +255,8 @@ def test_smoke_search_stops_poor_trials_early_resumes_after_a_kill_and_reports_t
     log = tmp_path / "driver.out"
     driver = subprocess.Popen(
         [sys.executable, str(ROOT / "tune_main7.py"), "search", str(path), "--mode", "smoke", "--samples", "4",
-         "--max-concurrent", "1", "--storage-path", str(storage), "--name", "search", "--cache-dir", str(standin_cache)],
+         "--max-concurrent", "1", "--data-dir", str(suite_data), "--storage-path", str(storage), "--name", "search",
+         "--cache-dir", str(standin_cache)],
         cwd=ROOT, stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True,
     )
     _kill_once_finished(driver, experiment_dir, 3, log)
@@ -266,7 +272,7 @@ def test_smoke_search_stops_poor_trials_early_resumes_after_a_kill_and_reports_t
     assert f"Resuming {experiment_dir}" in proc.stdout
     marker = json.loads((experiment_dir / "tune_main7.json").read_text())
     assert marker["kind"] == "search" and marker["samples"] == 4
-    assert marker["dimensions"] == {"training.learning_rate": "choice [0.005, 1e-07]"}
+    assert marker["dimensions"] == {"training.learning_rate": "choice [1e-07, 0.005]"}
 
     analysis = _analysis(experiment_dir)
     assert len(analysis.trials) == 4, "the search continued to its 4 samples, no more"
