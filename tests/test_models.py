@@ -51,7 +51,7 @@ def smoke_exp(configs, name: str, **changes) -> ExperimentConfig:
 @pytest.fixture(scope="session")
 def standins(standin_cache) -> dict:
     """Tiny stand-ins of each family as `build_standin` makes them (its tokenizer and config recipe), minus the
-    few-second warm start (300 steps, minutes on a loaded 2-core machine), which these tests don't need:
+    few-second warm start (150 steps, a minute on a loaded 2-core machine), which these tests don't need:
     random weights exercise every path checked here."""
     from trainables.data import training_texts
     from trainables.trial.families.seq2seq.standin import build_standin
