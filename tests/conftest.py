@@ -153,7 +153,7 @@ def standin_cache(tmp_path_factory) -> Path:
 
 # Fixtures that run Ray grids or CLI runs (a minute or more each): the tests sharing one run on one xdist worker,
 # so that it is made once (`--dist loadgroup`). Cheaper shared fixtures may be made once per worker.
-RUN_FIXTURES = {"smoke_grid", "llm_smoke_grid", "two_runs", "faulted_run", "reference_run", "runs", "default_search"}
+RUN_FIXTURES = {"smoke_grid", "llm_smoke_grid", "two_runs", "interrupted_run", "reference_run", "runs", "default_search"}
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the xdist_group markers into the node ids
@@ -188,12 +188,25 @@ def pytest_collection_modifyitems(config, items):
     items.sort(key=order)
 
 
+# The rows of the shipped sample (data/: 300 train, 50 dev, 50 test) that the suite's smoke runs train and
+# evaluate on, through --data-dir as a user passes it: the same code paths at a third of the training and a quarter
+# of the evaluation (a smoke trial trained 300 rows three times and generated for 50 dev rows at each of its ~9
+# evaluations). Every run shares these texts, so each warm stand-in is built once per test run.
+SUITE_ROWS = {"train": 100, "dev": 12, "test": 8}
+
+
 @pytest.fixture(scope="session")
-def smoke_grid(tmp_path_factory, standin_cache) -> tuple[Path, subprocess.CompletedProcess]:
-    """The seven-trial smoke grid, run once through the real command line."""
+def suite_data(tmp_path_factory) -> Path:
+    """The SUITE_ROWS sample as a data folder (each xdist worker writes the same bytes: one stand-in hash)."""
+    return write_sample(tmp_path_factory.mktemp("suite-data"), **SUITE_ROWS)
+
+
+@pytest.fixture(scope="session")
+def smoke_grid(tmp_path_factory, standin_cache, suite_data) -> tuple[Path, subprocess.CompletedProcess]:
+    """The seven-trial smoke grid on the suite's sample (suite_data), run once through the real command line."""
     storage = tmp_path_factory.mktemp("ray_results")
     proc = run_cli("--mode", "smoke", "--storage-path", str(storage), "--name", "smoke-grid",
-                   "--cache-dir", str(standin_cache))
+                   "--data-dir", str(suite_data), "--cache-dir", str(standin_cache))
     return storage / "smoke-grid", proc
 
 
@@ -202,8 +215,9 @@ LLM_KILLED_TRIAL = "03_solar_10.7b_instruct_qlora_winner"  # no early stop in sm
 
 
 @pytest.fixture(scope="session")
-def llm_smoke_grid(tmp_path_factory, standin_cache) -> tuple[Path, subprocess.CompletedProcess, Path]:
-    """The decoder-only grid (search_spaces/llm) in smoke mode, run once through the real command line, with one
+def llm_smoke_grid(tmp_path_factory, standin_cache, suite_data) -> tuple[Path, subprocess.CompletedProcess, Path]:
+    """The decoder-only grid (search_spaces/llm) in smoke mode on the suite's sample, run once through the real
+    command line, with one
     trial (LLM_KILLED_TRIAL) SIGKILLed once after its first epoch (tests/fault_injection.py): (experiment folder,
     the finished process, the kill's marker file)."""
     import json
@@ -214,7 +228,7 @@ def llm_smoke_grid(tmp_path_factory, standin_cache) -> tuple[Path, subprocess.Co
     proc = subprocess.run(
         [sys.executable, str(ROOT / "tests" / "fault_cli.py"), fault, "--mode", "smoke", "--search-space",
          str(ROOT / "search_spaces" / "llm"), "--storage-path", str(work / "results"), "--name", "llm-grid",
-         "--cache-dir", str(standin_cache)],
+         "--data-dir", str(suite_data), "--cache-dir", str(standin_cache)],
         cwd=ROOT, capture_output=True, text=True, timeout=1800, env=dict(os.environ))
     return work / "results" / "llm-grid", proc, marker
 

@@ -208,16 +208,16 @@ def _wait_for(condition, proc: subprocess.Popen, what: str, timeout: float = 150
 
 
 @pytest.fixture(scope="module")
-def two_runs(tmp_path_factory, standin_cache):
+def two_runs(tmp_path_factory, standin_cache, suite_data):
     """Run A (--wandb, --metric eval_loss) and run B started at the same moment with default names into one
     storage folder; B is stopped by SIGTERM, resumed, stopped by SIGINT, resumed to the end."""
     work = tmp_path_factory.mktemp("hostile")
     (work / ".env").write_text("".join(f"{k}={v}\n" for k, v in SECRETS.items()))
     data = work / "data"
-    shutil.copytree(ROOT / "data", data)
+    shutil.copytree(suite_data, data)  # the suite's sample: its stand-ins are built already
     with open(data / "train.csv", "a", encoding="utf-8") as f:
         f.write('train_empty,"",요약,t\n')  # dropped, with one warning per run
-    test = pd.read_csv(ROOT / "data" / "test.csv", dtype=str, keep_default_na=False).head(3)
+    test = pd.read_csv(suite_data / "test.csv", dtype=str, keep_default_na=False).head(3)
     test.to_csv(data / "test.csv", index=False)  # 3 rows: predict must read this folder, not the shipped one
     storage = work / "results"
     tmp_a, tmp_b = _ray_tmp(), _ray_tmp()

@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.conftest import ROOT, run_cli, toy_plan
+from tests.conftest import run_cli, toy_plan
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -103,12 +103,12 @@ def test_live_progress_table_without_noise(smoke_grid):
 
 
 @pytest.mark.slow
-def test_predict_writes_a_submission(smoke_grid, tmp_path):
+def test_predict_writes_a_submission(smoke_grid, suite_data, tmp_path):
     experiment_dir, _ = smoke_grid
     out = tmp_path / "submission.csv"
     proc = run_cli("predict", str(experiment_dir), "--out", str(out), timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    test = pd.read_csv(ROOT / "data" / "test.csv", dtype=str)
+    test = pd.read_csv(suite_data / "test.csv", dtype=str)  # the run's own data folder, as recorded
     sub = pd.read_csv(out, dtype=str, keep_default_na=False, encoding="utf-8")
     assert list(sub.columns) == ["fname", "summary"]
     assert sub["fname"].tolist() == test["fname"].tolist()

@@ -66,36 +66,78 @@ def reference_run(smoke_grid):
     return experiment_dir, proc
 
 
+def _ray_pids() -> set[int]:
+    out = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True, timeout=10).stdout
+    return {int(line.split(None, 1)[0]) for line in out.splitlines()
+            if any(s in line for s in ("raylet", "gcs_server", "ray::", "default_worker.py"))}
+
+
+SECOND = "03_high_learning_rate_rtx3090"  # KoBART too: the stand-in built for TRIAL is reused
+NO_WANDB = ("WANDB_API_KEY", "WANDB_MODE", "WANDB_DIR", "WANDB_PROJECT", "TUNE_MAIN7_WANDB")
+
+
 @pytest.fixture(scope="module")
-def faulted_run(tmp_path_factory, standin_cache):
-    """The same trial, SIGKILLed once during epoch 2, with a secret in a `.env` of the working folder, keeping the
-    2 best checkpoints (--keep-checkpoints 2)."""
-    work = tmp_path_factory.mktemp("faulted")
-    (work / ".env").write_text(f"WANDB_API_KEY={SECRET}\n")
+def interrupted_run(tmp_path_factory, standin_cache, suite_data):
+    """One run interrupted twice over, then resumed: TRIAL and SECOND one at a time, from a working folder whose
+    `.env` holds a secret, keeping the 2 best checkpoints, logging to W&B without a key (offline by default).
+    TRIAL's process is SIGKILLed once during epoch 2 (tests/fault_injection.py; Tune retries it from its
+    checkpoint); once TRIAL has finished and SECOND has a checkpoint, the driver's whole process group is SIGKILLed;
+    then `--resume DIR`. (Were two runs: the killed trial alone, and the killed driver.)"""
+    work = tmp_path_factory.mktemp("interrupted")
+    (work / ".env").write_text(f"HF_TOKEN={SECRET}\n")
     marker = work / "killed.txt"
-    fault = json.dumps({"kill_after_epoch": 1, "marker": str(marker)})
-    env_no_key = {k: v for k, v in os.environ.items() if k != "WANDB_API_KEY"}
-    started = time.time()
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "tests" / "fault_cli.py"), fault, "--mode", "smoke", "--only", TRIAL,
-         "--storage-path", str(work / "results"), "--name", "faulted", "--cache-dir", str(standin_cache),
-         "--keep-checkpoints", "2"],
-        cwd=work, capture_output=True, text=True, timeout=900, env=env_no_key,
+    fault = json.dumps({"kill_after_epoch": 1, "marker": str(marker), "only": TRIAL})
+    storage = work / "results"
+    experiment_dir = storage / "interrupted"
+    env = {k: v for k, v in os.environ.items() if k not in NO_WANDB and k != "HF_TOKEN"}
+    ray_before = _ray_pids()
+    first_log = work / "driver.out"
+    driver = subprocess.Popen(
+        [sys.executable, str(ROOT / "tests" / "fault_cli.py"), fault, "--mode", "smoke", "--only", TRIAL, SECOND,
+         "--wandb", "--data-dir", str(suite_data), "--storage-path", str(storage), "--name", "interrupted",
+         "--cache-dir", str(standin_cache), "--max-concurrent", "1", "--keep-checkpoints", "2"],
+        cwd=work, stdout=open(first_log, "w"), stderr=subprocess.STDOUT, start_new_session=True, env=env,
     )
-    print(f"faulted run: {time.time() - started:.0f} s")
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return work / "results" / "faulted", proc, marker
+    deadline = time.time() + 900  # a loaded 2-core machine builds the stand-in in minutes
+    try:
+        # Kill once the first trial has finished and the second has reported a checkpoint.
+        while time.time() < deadline and driver.poll() is None:
+            dirs = _trial_dirs(experiment_dir) if experiment_dir.is_dir() else {}
+            done = _live_status(experiment_dir).get(TRIAL) == "TERMINATED"  # its last epoch, or stopped early
+            reported = SECOND in dirs and (dirs[SECOND] / "progress.csv").is_file()  # Tune copies it after the
+            if done and reported and list(dirs[SECOND].glob("checkpoint_*")):  # checkpoint folder
+                break
+            time.sleep(0.5)
+        assert driver.poll() is None, "the run ended before it could be killed: " + first_log.read_text()[-2000:]
+        assert time.time() < deadline, "no checkpoint in time"
+        time.sleep(2)  # let the checkpoint land in Tune's experiment state (it is also fine if it doesn't)
+    finally:
+        kill_between_writes(driver, experiment_dir)
+    reported_before = {name: len(_progress(d)) for name, d in _trial_dirs(experiment_dir).items()}
+    time.sleep(3)
+    print(f"Ray processes left 3 s after SIGKILL of the driver's process group: {len(_ray_pids() - ray_before)}")
+
+    started = time.time()
+    # The trials' config names the test's fault callback: the resumed workers import it from the checkout.
+    resume_env = {**env, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)}
+    resumed = subprocess.run([sys.executable, str(ROOT / "tune_main7.py"), "--resume", str(experiment_dir),
+                              "--storage-path", str(storage)], cwd=work, capture_output=True, text=True, timeout=900,
+                             env=resume_env)
+    print(f"resume: {time.time() - started:.0f} s")
+    return {"dir": experiment_dir, "storage": storage, "marker": marker, "first": first_log.read_text(),
+            "resumed": resumed, "reported_before": reported_before, "env": env}
 
 
 @pytest.mark.slow
-def test_killed_trial_is_retried_from_its_checkpoint(faulted_run):
-    experiment_dir, proc, marker = faulted_run
-    assert marker.exists() and "killed at step" in marker.read_text()
-    trial = _trials(experiment_dir)[TRIAL]
+def test_killed_trial_is_retried_from_its_checkpoint(interrupted_run):
+    run = interrupted_run
+    assert run["marker"].exists() and "killed at step" in run["marker"].read_text()
+    assert run["resumed"].returncode == 0, run["resumed"].stdout[-3000:] + run["resumed"].stderr[-3000:]
+    trial = _trials(run["dir"])[TRIAL]
     assert trial.status == "TERMINATED"
     assert trial.num_failures == 1, "the kill counted as one failure, then the retry succeeded"
-    assert "resuming from checkpoint" in proc.stdout + proc.stderr
-    frame = _progress(_trial_dirs(experiment_dir)[TRIAL])
+    assert "resuming from checkpoint" in run["first"]
+    frame = _progress(_trial_dirs(run["dir"])[TRIAL])
     # Epoch 1's evaluations reported before the kill, the rest after the restart; none reported twice.
     assert frame["step"].is_monotonic_increasing and frame["step"].is_unique, list(frame["step"])
     assert list(frame["training_iteration"]) == list(range(1, len(frame) + 1))
@@ -103,7 +145,7 @@ def test_killed_trial_is_retried_from_its_checkpoint(faulted_run):
 
 
 @pytest.mark.slow
-def test_resumed_trial_matches_an_uninterrupted_run(faulted_run, reference_run):
+def test_resumed_trial_matches_an_uninterrupted_run(interrupted_run, reference_run):
     """Optimizer, scheduler, RNG and data order come back with the checkpoint: the resumed trial reports what the
     uninterrupted one reports, losses to 1e-6 relative.
 
@@ -112,7 +154,7 @@ def test_resumed_trial_matches_an_uninterrupted_run(faulted_run, reference_run):
     resume step (the first log after a resume covers fewer steps); it is now the unrounded mean per optimizer step
     since the previous report, the same window in both runs. train_time_s (elapsed_s) counts the time before the
     kill too."""
-    faulted = _progress(_trial_dirs(faulted_run[0])[TRIAL])
+    faulted = _progress(_trial_dirs(interrupted_run["dir"])[TRIAL])
     reference = _progress(_trial_dirs(reference_run[0])[TRIAL])
     assert list(faulted["step"]) == list(reference["step"])
     first = faulted.iloc[0], reference.iloc[0]
@@ -127,8 +169,8 @@ def test_resumed_trial_matches_an_uninterrupted_run(faulted_run, reference_run):
 
 
 @pytest.mark.slow
-def test_checkpoints_keep_best_and_latest_in_safetensors(reference_run, faulted_run):
-    for experiment_dir, keep in ((reference_run[0], 1), (faulted_run[0], 2)):
+def test_checkpoints_keep_best_and_latest_in_safetensors(reference_run, interrupted_run):
+    for experiment_dir, keep in ((reference_run[0], 1), (interrupted_run["dir"], 2)):
         trial_dir = _trial_dirs(experiment_dir)[TRIAL]
         frame = _progress(trial_dir)
         kept = sorted(p.name for p in trial_dir.glob("checkpoint_*"))
@@ -146,16 +188,17 @@ def test_checkpoints_keep_best_and_latest_in_safetensors(reference_run, faulted_
 
 
 @pytest.mark.slow
-def test_secrets_from_dotenv_are_never_written(faulted_run):
-    experiment_dir, proc, _ = faulted_run
-    assert SECRET not in proc.stdout and SECRET not in proc.stderr
-    for path in experiment_dir.rglob("*"):
+def test_secrets_from_dotenv_are_never_written(interrupted_run):
+    run = interrupted_run
+    for text in (run["first"], run["resumed"].stdout, run["resumed"].stderr):
+        assert SECRET not in text
+    for path in run["dir"].rglob("*"):  # W&B's offline runs included
         if path.is_file():
             assert SECRET.encode() not in path.read_bytes(), path
-    params = json.loads(next(experiment_dir.glob("*/params.json")).read_text())
+    params = json.loads(next(run["dir"].glob("*/params.json")).read_text())
     from trainables.secrets import find_secrets
 
-    assert "callbacks" in params["run"] and not find_secrets(params, environ={"WANDB_API_KEY": SECRET})
+    assert "callbacks" in params["run"] and not find_secrets(params, environ={"HF_TOKEN": SECRET})
 
 
 def test_yaml_is_only_read_with_the_safe_loader():
@@ -171,79 +214,39 @@ def test_yaml_is_only_read_with_the_safe_loader():
 # ---------------------------------------------------------------------------------------------------
 # Driver killed mid-run, then --resume.
 
-def _ray_pids() -> set[int]:
-    out = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True, timeout=10).stdout
-    return {int(line.split(None, 1)[0]) for line in out.splitlines()
-            if any(s in line for s in ("raylet", "gcs_server", "ray::", "default_worker.py"))}
-
-
 @pytest.mark.slow
-def test_killed_driver_resumes(tmp_path, standin_cache):
+def test_killed_driver_resumes(interrupted_run):
     """The driver's process group SIGKILLed after one trial finished and the second has a checkpoint; --resume.
     The run also logs to W&B (--wandb) without a key: offline by default, the runs inside the experiment folder
     (was test_report's own run)."""
-    storage = tmp_path / "results"
-    second = "03_high_learning_rate_rtx3090"  # KoBART too: the stand-in built for TRIAL is reused
-    ray_before = _ray_pids()
-    no_wandb = {k: v for k, v in os.environ.items()  # no key: offline by default (an empty WANDB_MODE is invalid)
-                if k not in ("WANDB_API_KEY", "WANDB_MODE", "WANDB_DIR", "WANDB_PROJECT", "TUNE_MAIN7_WANDB")}
-    driver = subprocess.Popen(
-        [sys.executable, str(ROOT / "tune_main7.py"), "--mode", "smoke", "--only", TRIAL, second, "--wandb",
-         "--storage-path", str(storage), "--name", "killed", "--cache-dir", str(standin_cache), "--max-concurrent", "1"],
-        cwd=ROOT, stdout=open(tmp_path / "driver.out", "w"), stderr=subprocess.STDOUT, start_new_session=True,
-        env=no_wandb,
-    )
-    experiment_dir = storage / "killed"
-    deadline = time.time() + 900  # a loaded 2-core machine builds the stand-in in minutes
-    try:
-        # Kill once the first trial has finished and the second has reported a checkpoint.
-        while time.time() < deadline and driver.poll() is None:
-            dirs = _trial_dirs(experiment_dir) if experiment_dir.is_dir() else {}
-            done = _live_status(experiment_dir).get(TRIAL) == "TERMINATED"  # its last epoch, or stopped early
-            if done and second in dirs and list(dirs[second].glob("checkpoint_*")):
-                break
-            time.sleep(0.5)
-        assert driver.poll() is None, "the run ended before it could be killed: " + (tmp_path / "driver.out").read_text()[-2000:]
-        assert time.time() < deadline, "no checkpoint in time"
-        time.sleep(2)  # let the checkpoint land in Tune's experiment state (it is also fine if it doesn't)
-    finally:
-        kill_between_writes(driver, experiment_dir)
-    reported_before = {name: len(_progress(d)) for name, d in _trial_dirs(experiment_dir).items()}
-    time.sleep(3)
-    leftovers = _ray_pids() - ray_before
-    print(f"Ray processes left 3 s after SIGKILL of the driver's process group: {len(leftovers)}")
-
-    started = time.time()
-    proc = subprocess.run([sys.executable, str(ROOT / "tune_main7.py"), "--resume", str(experiment_dir),
-                           "--storage-path", str(storage)], cwd=ROOT, capture_output=True, text=True, timeout=900,
-                          env=no_wandb)
-    print(f"resume: {time.time() - started:.0f} s")
+    run = interrupted_run
+    experiment_dir, proc, reported_before = run["dir"], run["resumed"], run["reported_before"]
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert f"Resuming {experiment_dir}" in proc.stdout
     trials = _trials(experiment_dir)
     assert {t.status for t in trials.values()} == {"TERMINATED"}
     dirs = _trial_dirs(experiment_dir)
-    assert sorted(dirs) == sorted([TRIAL, second])
-    first, cont = _progress(dirs[TRIAL]), _progress(dirs[second])
+    assert sorted(dirs) == sorted([TRIAL, SECOND])
+    first, cont = _progress(dirs[TRIAL]), _progress(dirs[SECOND])
     assert first["step"].is_unique and len(first) == reported_before[TRIAL], "the finished trial is kept as it was"
-    assert reported_before[second] >= 1 and len(cont) > reported_before[second], "the second trial continued"
+    assert reported_before[SECOND] >= 1 and len(cont) > reported_before[SECOND], "the second trial continued"
     assert cont["step"].is_unique and cont["step"].is_monotonic_increasing, "continued from its checkpoint, no step twice"
-    epochs = trials[second].config["experiment"]["training"]["num_train_epochs"]
-    patience = trials[second].config["experiment"]["training"]["early_stopping_patience"]
+    epochs = trials[SECOND].config["experiment"]["training"]["num_train_epochs"]
+    patience = trials[SECOND].config["experiment"]["training"]["early_stopping_patience"]
     assert round(cont["epoch"].iloc[-1], 4) == epochs or (patience and len(cont) > patience), "ran to its end"
 
     # W&B, offline without a key: each trial's runs land in the experiment folder, named and in our project.
     runs = sorted((experiment_dir / "wandb").glob("offline-run-*"))
     assert runs, list(experiment_dir.iterdir())
-    blob = b"".join(p.read_bytes() for run in runs for p in run.rglob("*") if p.is_file())
-    assert all(name.encode() in blob for name in (TRIAL, second)) and b"dialogue-summarization-tune" in blob
-    assert "api_key" not in (proc.stdout + proc.stderr + (tmp_path / "driver.out").read_text()).lower()
+    blob = b"".join(p.read_bytes() for r in runs for p in r.rglob("*") if p.is_file())
+    assert all(name.encode() in blob for name in (TRIAL, SECOND)) and b"dialogue-summarization-tune" in blob
+    assert "api_key" not in (proc.stdout + proc.stderr + run["first"]).lower()
 
     # Plain --resume picks the latest experiment under --storage-path and says which; nothing is run again.
-    proc = run_refused("--resume", "--storage-path", str(storage), env=no_wandb)  # starts nothing: no Ray
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert f"Nothing left to run: all 2 trials of {experiment_dir} finished" in proc.stdout, proc.stdout[-2000:]
-    assert len(_progress(dirs[second])) == len(cont)
+    again = run_refused("--resume", "--storage-path", str(run["storage"]), env=run["env"])  # starts nothing: no Ray
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert f"Nothing left to run: all 2 trials of {experiment_dir} finished" in again.stdout, again.stdout[-2000:]
+    assert len(_progress(dirs[SECOND])) == len(cont)
 
 
 # ---------------------------------------------------------------------------------------------------
