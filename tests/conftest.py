@@ -23,6 +23,12 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 # its head's unauthenticated calls and the trials waited forever (the suite's hang in CI; tests/test_cluster.py).
 # test_dashboard checks Ray's default (token) in a process of its own, without this variable.
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+# No idle Ray workers started ahead of need. Ray prestarts one plain Python worker per CPU when a node starts and
+# when its first driver connects; the trials (actors with the run's runtime_env) and the tests' tasks start their
+# own, so on this suite's ~25 Ray sessions those sat idle: 57 idle workers, 72 core-seconds of the 1465 of one
+# measured run on the 2-core machine. Scheduling and code paths are unchanged; a worker is started when needed.
+os.environ.setdefault("RAY_enable_worker_prestart", "0")
+os.environ.setdefault("RAY_prestart_worker_first_driver", "0")
 
 
 # Commands that start no Ray and stop nothing: run_cli calls main(argv) for them in this process (a fresh
@@ -153,7 +159,10 @@ def standin_cache(tmp_path_factory) -> Path:
 
 # Fixtures that run Ray grids or CLI runs (a minute or more each): the tests sharing one run on one xdist worker,
 # so that it is made once (`--dist loadgroup`). Cheaper shared fixtures may be made once per worker.
-RUN_FIXTURES = {"smoke_grid", "llm_smoke_grid", "two_runs", "interrupted_run", "reference_run", "runs", "default_search"}
+RUN_FIXTURES = {"smoke_grid", "llm_smoke_grid", "two_runs", "interrupted_run", "reference_run", "runs", "default_search",
+                "killed_grid", "toy_ray", "one_gpu_ray", "morph"}
+# (killed_grid, toy_ray, one_gpu_ray: a Ray session each, made once instead of on every worker that ran one of their
+# tests; morph: Kiwi's model, ~4 s to load)
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the xdist_group markers into the node ids

@@ -12,6 +12,8 @@ import pytest
 from tests.conftest import run_refused, toy_plan
 from trainables import compat
 
+pytestmark = pytest.mark.slow  # a Tune run in a local Ray
+
 
 def _report_once(config):
     from ray import tune
@@ -20,20 +22,24 @@ def _report_once(config):
 
 
 @pytest.fixture(scope="module")
-def killed_grid(tmp_path_factory):
-    """A real two-trial Tune experiment of ours (marker written), its folder as a killed driver leaves it."""
+def toy_ray():
+    """One local Ray for the module's Tune calls (its tests share one xdist worker: conftest.RUN_FIXTURES)."""
     import ray
 
+    ray.init(address="local", num_cpus=1, include_dashboard=False, configure_logging=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def killed_grid(tmp_path_factory, toy_ray):
+    """A real two-trial Tune experiment of ours (marker written), its folder as a killed driver leaves it."""
     from trainables.driver.grid import build_tuner, write_marker
 
     storage = tmp_path_factory.mktemp("damaged")
     plan, space = toy_plan(["a_one", "b_two"], storage, "cut", metric="score")
     write_marker(storage / "cut", plan)
-    ray.init(address="local", num_cpus=1, include_dashboard=False, configure_logging=False, log_to_driver=False)
-    try:
-        build_tuner(plan, trainable=_report_once, param_space=space).fit()
-    finally:
-        ray.shutdown()
+    build_tuner(plan, trainable=_report_once, param_space=space).fit()
     return storage / "cut"
 
 
@@ -88,13 +94,12 @@ def test_a_cut_file_without_a_staged_copy_says_to_start_anew(killed_grid, monkey
     assert proc.returncode == 2 and "no whole copy is left on this machine: start a new run" in proc.stderr
 
 
-def test_tune_failing_to_restore_raises_instead_of_starting_over(killed_grid, tmp_path):
+def test_tune_failing_to_restore_raises_instead_of_starting_over(killed_grid, toy_ray, tmp_path):
     """Canary for compat.restore_or_raise: Tune 2.60 answers a state it can't read by starting the experiment over
     (trials with an empty config: ours fail at their first key); inside restore_or_raise it raises
     TuneRestoreFailed, and no trial is made."""
     import shutil
 
-    import ray
     from ray import tune
 
     copy = tmp_path / "cut"
@@ -102,12 +107,8 @@ def test_tune_failing_to_restore_raises_instead_of_starting_over(killed_grid, tm
     _cut(next(copy.glob("basic-variant-state-*.json")))
     before = sorted(p.name for p in copy.iterdir() if p.is_dir())
 
-    ray.init(address="local", num_cpus=1, include_dashboard=False, configure_logging=False, log_to_driver=False)
-    try:
-        tuner = tune.Tuner.restore(str(copy), trainable=_report_once, resume_errored=True)
-        with pytest.raises(compat.TuneRestoreFailed, match="UnpicklingError|EOFError"):
-            with compat.restore_or_raise():
-                tuner.fit()
-    finally:
-        ray.shutdown()
+    tuner = tune.Tuner.restore(str(copy), trainable=_report_once, resume_errored=True)
+    with pytest.raises(compat.TuneRestoreFailed, match="UnpicklingError|EOFError"):
+        with compat.restore_or_raise():
+            tuner.fit()
     assert sorted(p.name for p in copy.iterdir() if p.is_dir()) == before

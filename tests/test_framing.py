@@ -271,7 +271,7 @@ def trial(exp: ExperimentConfig, model_path: str, data_dir: Path, keep: Path) ->
     reports: list[dict] = []
     config = TrialConfig.from_ray({"experiment": exp.model_dump(), "run": {
         "models": {exp.model.checkpoint: {"model_path": model_path, "model_source": "foreign"}},
-        "data_dir": str(data_dir), "mode": "smoke", "torch_threads": 2,
+        "data_dir": str(data_dir), "mode": "smoke", "torch_threads": 1,
         "environment": {"cuda": False, "bf16_supported": False, "device_name": "cpu", "unsloth_installed": False,
                         "bitsandbytes_installed": True},
     }})

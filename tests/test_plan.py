@@ -242,16 +242,29 @@ def make_fractional_trial():
     return fractional_trial
 
 
+@pytest.fixture(scope="module")
+def one_gpu_ray():
+    """A local Ray told it has one GPU, shared by the cases below (one xdist worker: conftest.RUN_FIXTURES)."""
+    import os
+
+    import ray
+
+    address = os.environ.pop("RAY_ADDRESS", None)  # a new local Ray, whatever the caller's environment names
+    ray.init(address="local", num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+    if address is not None:
+        os.environ["RAY_ADDRESS"] = address
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("shares, together", [((0.45, 0.35), True), ((0.6, 0.6), False)])
-def test_ray_places_planned_fractions_on_one_made_up_gpu(tmp_path, monkeypatch, shares, together):
-    import ray
+def test_ray_places_planned_fractions_on_one_made_up_gpu(one_gpu_ray, tmp_path, shares, together):
     from ray import tune
 
     from trainables.config import RunContext
     from trainables.driver.grid import GridPlan, build_tuner
 
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)
     (tmp_path / "barrier").mkdir()
     run = {"mode": "test", "barrier": str(tmp_path / "barrier"), "wait_s": 60 if together else 2,
            "placement": {"exp_a": {"gpu": shares[0]}, "exp_b": {"gpu": shares[1]}}}
@@ -259,11 +272,7 @@ def test_ray_places_planned_fractions_on_one_made_up_gpu(tmp_path, monkeypatch, 
                     storage_path=tmp_path / "results", name="frac", use_gpu=True, max_concurrent=2, metric="score",
                     max_failures=0)
     space = {"experiment": tune.grid_search([{"name": "exp_a"}, {"name": "exp_b"}]), "run": run}  # trivial trials
-    ray.init(address="local", num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False)
-    try:
-        results = build_tuner(grid, trainable=make_fractional_trial(), param_space=space).fit()
-    finally:
-        ray.shutdown()
+    results = build_tuner(grid, trainable=make_fractional_trial(), param_space=space).fit()
     assert not results.errors, results.errors
     rows = sorted((r.metrics for r in results), key=lambda m: m["start"])
     assert sorted(r["gpu_share"] for r in rows) == sorted(shares)

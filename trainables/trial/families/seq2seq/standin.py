@@ -147,15 +147,14 @@ def build_standin(arch: str, texts: list[str], cache_dir: Path, size: str = "tin
 
     The folder's name includes a hash of the training texts, so new data gives a new tokenizer. Tiny stand-ins
     are warm-started unless `warm_start=False` (tests and benchmarks that only need the code paths)."""
-    from transformers import AutoModelForSeq2SeqLM
-
     from trainables.trial.families.common import build_once, save_standin, seeded_on_one_thread, standin_folder
 
     warm = size == "tiny" and warm_start
     target = standin_folder(STANDIN_FORMAT, arch, texts, cache_dir, size, seed, warm)
 
-    def build() -> Path:
+    def build() -> Path:  # transformers and torch only when building: a cached stand-in costs the driver no imports
         import torch
+        from transformers import AutoModelForSeq2SeqLM
 
         tokenizer = _train_tokenizer(arch, texts, TINY_VOCAB)
         with seeded_on_one_thread(seed, one_thread=size == "tiny"):
