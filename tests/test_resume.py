@@ -201,6 +201,32 @@ def test_secrets_from_dotenv_are_never_written(interrupted_run):
     assert "callbacks" in params["run"] and not find_secrets(params, environ={"HF_TOKEN": SECRET})
 
 
+@pytest.mark.slow
+def test_a_latest_checkpoint_deleted_before_tunes_state_save_is_found(reference_run, tmp_path):
+    """Canary for compat.deleted_latest_checkpoints (the window kill_between_writes waits out): in the smoke grid's
+    saved state each trial's latest checkpoint is its last reported one and is there; in a copy of the state alone
+    every one is missing, read relative to the copy's folder, and one put back is found."""
+    import shutil
+
+    from trainables import compat
+
+    experiment_dir = reference_run[0]
+    assert compat.deleted_latest_checkpoints(experiment_dir) == {}
+    copy = tmp_path / experiment_dir.name
+    copy.mkdir()
+    state = sorted(experiment_dir.glob("experiment_state-*.json"))[-1]
+    shutil.copy(state, copy / state.name)
+    gone = compat.deleted_latest_checkpoints(copy)
+    trials = _trials(experiment_dir)
+    assert sorted(gone) == sorted(t.trial_id for t in trials.values())
+    for name, trial in trials.items():
+        path = Path(gone[trial.trial_id])
+        assert path.parent.parent == copy
+        assert path.name == _progress(_trial_dirs(experiment_dir)[name])["checkpoint_dir_name"].iloc[-1]
+    path.mkdir(parents=True)
+    assert trial.trial_id not in compat.deleted_latest_checkpoints(copy)
+
+
 def test_yaml_is_only_read_with_the_safe_loader():
     offenders = []
     for path in [*ROOT.glob("*.py"), *(ROOT / "trainables").rglob("*.py"), *(ROOT / "data").rglob("*.py")]:

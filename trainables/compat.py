@@ -290,6 +290,36 @@ def _unreadable(path, kind: str) -> str | None:
     return None
 
 
+def deleted_latest_checkpoints(experiment_dir) -> dict[str, str]:
+    """{trial id: folder} for each trial whose latest checkpoint, as Tune's newest saved experiment state records
+    it (what a resume restores that trial from), is not in `experiment_dir` any more.
+
+    Reaches Tune's experiment-state layout (internal, ray 2.60: each trial's run metadata and its checkpoint
+    manager). Tune deletes a checkpoint that fell out of the kept ones as soon as a newer one is registered, but
+    saves its state only every few seconds: a driver killed in between leaves a state whose latest checkpoint is
+    gone, and that trial fails its restore ("Could not recover from checkpoint as it does not exist on storage
+    anymore"; ray-project/ray#27790). Paths are read relative to `experiment_dir` (a moved experiment is restored
+    from where it is now)."""
+    import json
+    from pathlib import Path
+
+    from ray.tune.trainable.metadata import _TrainingRunMetadata
+
+    states = sorted(Path(experiment_dir).glob("experiment_state-*.json"))
+    if not states:
+        return {}
+    gone = {}
+    for trial_state, run_metadata in json.loads(states[-1].read_text(encoding="utf-8"))["trial_data"]:
+        latest = _TrainingRunMetadata.from_json_state(run_metadata).checkpoint_manager.latest_checkpoint_result
+        if latest is None:
+            continue
+        recorded = Path(latest.checkpoint.path)
+        here = Path(experiment_dir) / recorded.parent.name / recorded.name
+        if not here.is_dir():
+            gone[json.loads(trial_state)["trial_id"]] = str(here)
+    return gone
+
+
 def staged_tune_state(experiment_name: str, file_name: str) -> list[str]:
     """Whole copies of one driver-state file in Ray's session folders on this machine, newest first.
 
