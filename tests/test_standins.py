@@ -75,3 +75,29 @@ def test_two_builders_of_one_standin_build_it_once(tmp_path):
     assert [p.returncode for p in procs] == [0, 0]
     assert outs == [str(target)] * 2
     assert log.read_text().splitlines() == ["built"], "the stand-in was built more than once"
+
+
+REUSE = """
+import json, sys
+from pathlib import Path
+from trainables.trial.families import family_of
+texts = json.loads(sys.argv[2])
+folders = [str(family_of(arch).build_standin(arch, texts, Path(sys.argv[1]), warm_start=False)) for arch in json.loads(sys.argv[3])]
+print(json.dumps([folders, sorted(m for m in ("torch", "transformers") if m in sys.modules)]))
+"""
+
+
+def test_a_cached_standin_is_found_without_importing_torch_or_transformers(tmp_path):
+    """The driver asks for every stand-in before each smoke run; one already built costs it no torch or
+    transformers imports (~2 s of CPU a run), for either family."""
+    import pandas as pd
+
+    from trainables.trial.families import family_of
+
+    texts = pd.read_csv(ROOT / "data" / "train.csv", dtype=str)["dialogue"].head(20).tolist()
+    archs = ["bart", "llama"]  # one per family
+    built = [str(family_of(a).build_standin(a, texts, tmp_path, warm_start=False)) for a in archs]
+    out = subprocess.run([sys.executable, "-c", REUSE, str(tmp_path), json.dumps(texts), json.dumps(archs)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == [built, []]
