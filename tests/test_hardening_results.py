@@ -190,8 +190,10 @@ def test_report_on_a_run_that_is_still_starting_says_so(tmp_path, capsys):
 
 @pytest.fixture(scope="module")
 def default_search(tmp_path_factory) -> tuple[Path, int, str]:
-    """`search 01_baseline_kobart_rtx3090 --samples 2` in smoke mode on 48 training rows (2 optimizer steps an
-    epoch) with a fresh stand-in cache: (experiment folder, exit code, console)."""
+    """`search 01_baseline_kobart_rtx3090 --samples 1` in smoke mode on 48 training rows (2 optimizer steps an
+    epoch) with a fresh stand-in cache: (experiment folder, exit code, console). One sample: what these tests read
+    (the default space's lines and bounds, the recorded alpha and interval, the stand-in lines, the live table's
+    line) is per trial; ranking several trials by their best score is test_best_trial_line_ranks_by_each_trials_best_not_its_last's."""
     import contextlib
     import io
 
@@ -201,7 +203,7 @@ def default_search(tmp_path_factory) -> tuple[Path, int, str]:
     data = write_sample(folder, train=48, dev=4)
     console = io.StringIO()
     with contextlib.redirect_stdout(console):
-        code = main(["search", "01_baseline_kobart_rtx3090", "--samples", "2", "--mode", "smoke", "--data-dir", str(data),
+        code = main(["search", "01_baseline_kobart_rtx3090", "--samples", "1", "--mode", "smoke", "--data-dir", str(data),
                      "--storage-path", str(folder / "results"), "--name", "s", "--cache-dir", str(folder / "cache")])
     return folder / "results" / "s", code, console.getvalue()
 
@@ -221,6 +223,7 @@ def test_search_named_after_a_grid_config_searches_the_default_space_and_says_so
     marker = json.loads((experiment_dir / "tune_main7.json").read_text())
     assert marker["default_space"] is True and set(marker["dimensions"]) == {
         "training.learning_rate", "training.warmup_ratio", "qlora.lora_rank"}
+    assert len(_params(experiment_dir)) == 1
     for params in _params(experiment_dir):
         training = params["experiment"]["training"]
         assert 3e-6 <= training["learning_rate"] <= 3e-4 and 0 <= training["warmup_ratio"] <= 0.2
