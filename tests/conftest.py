@@ -100,7 +100,9 @@ def kill_between_writes(driver: subprocess.Popen, experiment_dir: Path) -> None:
     saved state is still there: the group is frozen (SIGSTOP), checked, and let run a little more otherwise. Both
     are Ray Tune's windows, not the resume these callers test: its copies are not atomic (a kill during one is
     tests/test_damaged_state.py's case), and it deletes a checkpoint that fell out of the kept ones before its next
-    state save (compat.deleted_latest_checkpoints; the killed-driver test hit it in 2 of 3 fresh-clone runs)."""
+    state save (compat.deleted_latest_checkpoints; the killed-driver test hit it in 2 of 3 fresh-clone runs). --resume
+    mends the second, which test_resume_repoints_a_deleted_latest_checkpoint_to_the_newest_one_left tests on its
+    own; waiting here keeps the resume these callers check on Tune's plain path, the same in every run."""
     import json
     import signal
     import time

@@ -227,6 +227,73 @@ def test_a_latest_checkpoint_deleted_before_tunes_state_save_is_found(reference_
     assert trial.trial_id not in compat.deleted_latest_checkpoints(copy)
 
 
+def test_resume_repoints_a_deleted_latest_checkpoint_to_the_newest_one_left(reference_run, tmp_path, caplog):
+    """The window itself, mended (ray-project/ray#27790): in a copy of the smoke grid, one trial's recorded latest
+    checkpoint is deleted while a newer one that a result row names is there, and a newer still that no row names (a
+    save cut short by the kill); a second trial has no checkpoint left. --resume's repair points the first at the
+    named one (Tune's own loader then restores from it), the second at none (it starts over), says so, keeps the
+    state as it was, and leaves every other trial's saved state as it was."""
+    import logging
+    import shutil
+
+    from ray.tune.experiment import Trial
+
+    from trainables import compat
+    from trainables.driver.launch import repoint_deleted_checkpoints
+
+    experiment_dir = reference_run[0]
+    copy = tmp_path / experiment_dir.name
+    shutil.copytree(experiment_dir, copy, ignore=shutil.ignore_patterns("wandb"))
+    state = sorted(copy.glob("experiment_state-*.json"))[-1]
+    original = state.read_bytes()
+    dirs, trials = _trial_dirs(copy), _trials(experiment_dir)
+    windowed, emptied = sorted(dirs)[:2]
+
+    trial_dir = dirs[windowed]
+    latest = _progress(trial_dir)["checkpoint_dir_name"].iloc[-1]
+    number = int(latest.rsplit("_", 1)[1])
+    named, unnamed = f"checkpoint_{number + 1:06d}", f"checkpoint_{number + 2:06d}"
+    for name in (named, unnamed):
+        shutil.copytree(trial_dir / latest, trial_dir / name)
+    row = json.loads((trial_dir / "result.json").read_text(encoding="utf-8").splitlines()[-1])
+    with open(trial_dir / "result.json", "a", encoding="utf-8") as rows:
+        rows.write(json.dumps({**row, "checkpoint_dir_name": named}) + "\n")
+    shutil.rmtree(trial_dir / latest)
+    for folder in dirs[emptied].glob("checkpoint_*"):
+        shutil.rmtree(folder)
+    ids = {name: trials[name].trial_id for name in (windowed, emptied)}
+    assert sorted(compat.deleted_latest_checkpoints(copy)) == sorted(ids.values())
+
+    with caplog.at_level(logging.WARNING, logger="tune_main7"):
+        repoint_deleted_checkpoints(copy)
+    backup = state.with_name(state.name + ".before-resume")
+    warnings = {r.getMessage() for r in caplog.records if r.levelno == logging.WARNING}
+    assert any(ids[windowed] in m and latest in m and f"continues from {named}" in m and str(backup) in m
+               for m in warnings), warnings
+    assert any(ids[emptied] in m and "starts over" in m for m in warnings), warnings
+    assert backup.read_bytes() == original, "the state as it was is kept whole"
+    assert compat.deleted_latest_checkpoints(copy) == {}
+    assert compat.repoint_deleted_latest_checkpoints(copy) == ([], None), "a mended state is left alone"
+
+    before = {json.loads(t)["trial_id"]: (t, m) for t, m in json.loads(original)["trial_data"]}
+    after = {json.loads(t)["trial_id"]: (t, m) for t, m in json.loads(state.read_text(encoding="utf-8"))["trial_data"]}
+    assert sorted(after) == sorted(before)
+    for trial_id, (trial_state, run_metadata) in after.items():
+        assert trial_state == before[trial_id][0]
+        assert (run_metadata == before[trial_id][1]) == (trial_id not in ids.values()), trial_id
+        restored = Trial.from_json_state(trial_state, stub=True)
+        restored.restore_run_metadata(run_metadata)
+        if trial_id == ids[windowed]:
+            assert Path(restored.checkpoint.path).name == named
+            assert Path(restored.checkpoint.path).parent.name == trial_dir.name
+            assert restored.run_metadata.checkpoint_manager.latest_checkpoint_result.metrics == {
+                **row, "checkpoint_dir_name": named}
+        elif trial_id == ids[emptied]:
+            assert restored.checkpoint is None
+        else:
+            assert restored.checkpoint is not None
+
+
 def test_yaml_is_only_read_with_the_safe_loader():
     offenders = []
     for path in [*ROOT.glob("*.py"), *(ROOT / "trainables").rglob("*.py"), *(ROOT / "data").rglob("*.py")]:

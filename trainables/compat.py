@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+from pathlib import Path
 from typing import Any, Callable
 
 from trainables.errors import UserError
@@ -24,6 +25,8 @@ PRIVATE_NAMES = (
     "TrainableTokensWrapper", "LoraLayer", "Params4bit", "dequantize_4bit", "quant_state",
     "_WandbLoggingActor", "_logger_actor_cls", "_start_logging_actor", "_trial_queues",
     "_signal_logging_actor_stop", "is_token_auth_enabled", "support_avx512bf16_for_cpu",
+    "_TrainingRunMetadata", "_TrainingResult", "_latest_checkpoint_result", "_checkpoint_results",
+    "_insert_into_sorted_list",
 )
 
 
@@ -299,25 +302,116 @@ def deleted_latest_checkpoints(experiment_dir) -> dict[str, str]:
     saves its state only every few seconds: a driver killed in between leaves a state whose latest checkpoint is
     gone, and that trial fails its restore ("Could not recover from checkpoint as it does not exist on storage
     anymore"; ray-project/ray#27790). Paths are read relative to `experiment_dir` (a moved experiment is restored
-    from where it is now)."""
+    from where it is now). `repoint_deleted_latest_checkpoints` mends such a state."""
     import json
-    from pathlib import Path
 
-    from ray.tune.trainable.metadata import _TrainingRunMetadata
+    _, state = _newest_experiment_state(experiment_dir)
+    gone = {}
+    for trial_state, run_metadata in state["trial_data"] if state else ():
+        latest = _run_metadata(run_metadata).checkpoint_manager.latest_checkpoint_result
+        if latest is not None and not _here(experiment_dir, latest.checkpoint.path).is_dir():
+            gone[json.loads(trial_state)["trial_id"]] = str(_here(experiment_dir, latest.checkpoint.path))
+    return gone
+
+
+def repoint_deleted_latest_checkpoints(experiment_dir) -> tuple[list[tuple[str, str, str | None]], str | None]:
+    """Point each trial that deleted_latest_checkpoints names at its newest checkpoint still in `experiment_dir`
+    that a whole row of its result.json names (Tune writes that row only after the checkpoint is stored, so a
+    folder a kill cut short is never chosen), or at none (the trial then starts over). Returns ([(trial id, the
+    deleted folder's name, the chosen folder's name or None)], the saved copy of the state as it was, or None when
+    nothing needed mending; the state is then left untouched).
+
+    Reaches what deleted_latest_checkpoints reaches, and rewrites it: the checkpoint manager's
+    `_latest_checkpoint_result` and `_checkpoint_results` (ray.train._internal.checkpoint_manager, ray 2.60;
+    `register_checkpoint`, the public way in, would delete folders) and `_TrainingResult`. Tune has no public way
+    to restore a trial from a checkpoint other than the one its state records. The state file is replaced whole
+    (written beside it, then renamed); the old one is kept as `<name>.before-resume`, which Tune does not read."""
+    import json
+    import os
+    import shutil
+
+    path, state = _newest_experiment_state(experiment_dir)
+    mended = []
+    for entry in state["trial_data"] if state else ():
+        metadata = _run_metadata(entry[1])
+        latest = metadata.checkpoint_manager.latest_checkpoint_result
+        if latest is None or _here(experiment_dir, latest.checkpoint.path).is_dir():
+            continue
+        chosen = _repoint(experiment_dir, metadata)
+        entry[1] = metadata.get_json_state()
+        mended.append((json.loads(entry[0])["trial_id"], Path(latest.checkpoint.path).name, chosen))
+    if not mended:
+        return [], None
+    backup = path.with_name(path.name + ".before-resume")
+    shutil.copy2(path, backup)
+    written = path.with_name(path.name + ".mending")
+    written.write_text(json.dumps(state), encoding="utf-8")
+    os.replace(written, path)
+    return mended, str(backup)
+
+
+def _repoint(experiment_dir, metadata) -> str | None:
+    """Point one trial's run metadata, whose latest checkpoint is gone, at its newest checkpoint left that a whole
+    result row names (or at none); drop the gone ones from its kept list. Returns the chosen folder's name."""
+    from ray.train import Checkpoint
+    from ray.train._internal.checkpoint_manager import _insert_into_sorted_list
+    from ray.train._internal.session import _TrainingResult
+
+    manager = metadata.checkpoint_manager
+    latest = manager.latest_checkpoint_result
+    recorded = Path(latest.checkpoint.path)  # in the form the state uses (Tune rebases it on restore)
+    rows = _checkpointed_rows(_here(experiment_dir, recorded).parent)
+    newest = max((name for name in rows if _here(experiment_dir, recorded.parent / name).is_dir()), default=None)
+    chosen = (_TrainingResult(checkpoint=Checkpoint(str(recorded.parent / newest), latest.checkpoint.filesystem),
+                              metrics=rows[newest]) if newest else None)
+    kept = [r for r in manager._checkpoint_results if _here(experiment_dir, r.checkpoint.path).is_dir()]
+    if chosen is not None and all(Path(r.checkpoint.path).name != newest for r in kept):
+        if manager._checkpoint_config.checkpoint_score_attribute in chosen.metrics:
+            _insert_into_sorted_list(kept, chosen, key=manager._get_checkpoint_score)
+        else:
+            kept.append(chosen)
+    manager._checkpoint_results = kept
+    manager._latest_checkpoint_result = chosen
+    metadata.checkpoint_manager = manager  # drops the metadata's cached JSON
+    return newest
+
+
+def _newest_experiment_state(experiment_dir):
+    """(path, parsed JSON) of Tune's newest experiment_state-*.json in `experiment_dir` (the one a resume reads;
+    Tune names them by time), or (None, None)."""
+    import json
 
     states = sorted(Path(experiment_dir).glob("experiment_state-*.json"))
-    if not states:
-        return {}
-    gone = {}
-    for trial_state, run_metadata in json.loads(states[-1].read_text(encoding="utf-8"))["trial_data"]:
-        latest = _TrainingRunMetadata.from_json_state(run_metadata).checkpoint_manager.latest_checkpoint_result
-        if latest is None:
+    return (states[-1], json.loads(states[-1].read_text(encoding="utf-8"))) if states else (None, None)
+
+
+def _run_metadata(json_state: str):
+    from ray.tune.trainable.metadata import _TrainingRunMetadata
+
+    return _TrainingRunMetadata.from_json_state(json_state)
+
+
+def _here(experiment_dir, recorded) -> Path:
+    """A trial's file as Tune's state records it (`.../<trial folder>/<name>`), in `experiment_dir` as it is now."""
+    recorded = Path(recorded)
+    return Path(experiment_dir) / recorded.parent.name / recorded.name
+
+
+def _checkpointed_rows(trial_dir) -> dict[str, dict[str, Any]]:
+    """{checkpoint folder name: its result row} from the whole rows of a trial's result.json (a cut last line is
+    skipped)."""
+    import json
+
+    rows = {}
+    path = Path(trial_dir) / "result.json"
+    for line in path.read_text(encoding="utf-8").splitlines() if path.is_file() else ():
+        try:
+            row = json.loads(line)
+        except ValueError:
             continue
-        recorded = Path(latest.checkpoint.path)
-        here = Path(experiment_dir) / recorded.parent.name / recorded.name
-        if not here.is_dir():
-            gone[json.loads(trial_state)["trial_id"]] = str(here)
-    return gone
+        if row.get("checkpoint_dir_name"):
+            rows[row["checkpoint_dir_name"]] = row
+    return rows
 
 
 def staged_tune_state(experiment_name: str, file_name: str) -> list[str]:

@@ -475,6 +475,7 @@ def resume_grid(args) -> int:
         problem = writable_problem(Path(target), "results", "--resume")
         if problem:
             raise UsageError(problem)
+        repoint_deleted_checkpoints(Path(target))
     print(f"Resuming {target}", flush=True)
     write_driver_record(target, "--resume")
     try:
@@ -511,6 +512,21 @@ def refuse_damaged_state(target: Path) -> None:
                     "trials)")
         lines.append(f"{target / name} is cut ({why}); {fix}")
     raise UsageError("\n".join(lines))
+
+
+def repoint_deleted_checkpoints(target: Path) -> None:
+    """A trial whose latest checkpoint in Tune's saved state was deleted (the driver was killed after Tune removed
+    a checkpoint that fell out of the kept ones and before its next state save) would fail its restore: point it
+    at its newest checkpoint still there, and say so (compat.repoint_deleted_latest_checkpoints)."""
+    from trainables import compat
+
+    mended, backup = compat.repoint_deleted_latest_checkpoints(target)
+    for trial_id, gone, chosen in mended:
+        then = (f"it continues from {chosen}, its newest checkpoint left" if chosen
+                else "no checkpoint of it is left, so it starts over")
+        log.warning("--resume: trial %s's latest checkpoint in Tune's saved state (%s) was deleted after that state "
+                    "was saved (the driver was killed between a checkpoint clean-up and Tune's next state save); %s. "
+                    "The state as it was is kept in %s", trial_id, gone, then, backup)
 
 
 def refuse_a_live_run(target: Path) -> None:
