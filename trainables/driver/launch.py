@@ -522,7 +522,7 @@ def repoint_deleted_checkpoints(target: Path) -> None:
 
     mended, backup = compat.repoint_deleted_latest_checkpoints(target)
     for trial_id, gone, chosen in mended:
-        then = (f"it continues from {chosen}, its newest checkpoint left" if chosen
+        then = (f"it continues from {chosen}, its newest checkpoint left that a result row names" if chosen
                 else "no checkpoint of it is left, so it starts over")
         log.warning("--resume: trial %s's latest checkpoint in Tune's saved state (%s) was deleted after that state "
                     "was saved (the driver was killed between a checkpoint clean-up and Tune's next state save); %s. "
