@@ -10,6 +10,7 @@ import inspect
 
 import pytest
 
+from tests.conftest import ROOT
 from trainables import compat
 
 
@@ -299,3 +300,41 @@ def test_ray_checkpoint_loggers(name):
     except ImportError:
         found = False
     assert found, moved("ray", name, "ray_checkpoint_loggers")
+
+
+# --- bitsandbytes' torch.compile wrappers, made at first call ------------------------------------------------
+
+def test_compile_on_first_call_compiles_once_when_first_called_and_falls_back_when_compiling_fails():
+    made = []
+
+    def fake_compile(fn, **options):
+        made.append((fn.__name__, options))
+        return lambda *args: ("compiled", fn(*args))
+
+    def double(x):
+        return 2 * x
+
+    deferred = compat.compile_on_first_call(fake_compile)
+    wrapped = deferred(double, dynamic=False)
+    decorated = deferred(dynamic=False)(double)
+    assert made == [] and wrapped.__name__ == "double", "nothing is compiled before the first call"
+    assert wrapped(3) == ("compiled", 6) and wrapped(4) == ("compiled", 8) and decorated(1) == ("compiled", 2)
+    assert made == [("double", {"dynamic": False})] * 2, "compiled once per function, with its options"
+
+    def failing_compile(fn, **options):
+        raise RuntimeError("no compiler")
+
+    assert compat.compile_on_first_call(failing_compile)(double)(5) == 10, "runs as written"
+
+
+def test_bitsandbytes_is_imported_without_torch_inductor_and_torch_compile_is_left_as_it_was():
+    """In a fresh process (this one has bitsandbytes loaded): peft after compat.import_bitsandbytes, as a trial
+    imports them. Imported plainly, bitsandbytes 0.50 loads torch._inductor (its torch.compile wrappers)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, torch; real = torch.compile\n"
+            "from trainables import compat; compat.import_bitsandbytes(); import peft\n"
+            "print('bitsandbytes' in sys.modules, 'torch._inductor.compile_fx' in sys.modules, torch.compile is real)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.stdout.split() == ["True", "False", "True"], proc.stdout + proc.stderr[-2000:]

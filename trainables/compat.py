@@ -183,6 +183,55 @@ def keep_4bit_cpu_compute_as_configured(model) -> None:
 
 # --- Ray ----------------------------------------------------------------------------------------------------------
 
+def import_bitsandbytes() -> None:
+    """Import bitsandbytes (where it is installed and not yet imported) with its torch.compile wrappers made at
+    their first call instead of as it loads.
+
+    bitsandbytes 0.50 wraps some default-backend kernels in torch.compile at import (backends/default/ops.py,
+    `_try_torch_compile`), and making those wrappers imports torch._inductor: ~1.2 s of CPU in every process that
+    imports peft (peft.helpers imports bitsandbytes), a trial's included. A CPU trial never calls them (its backend
+    registers its own kernels; after a whole smoke trial torch._inductor was still not imported). Deferred, each is
+    compiled by the same torch.compile with the same options when first called, and one that fails to compile
+    runs as written, as bitsandbytes' own wrapper does."""
+    import importlib
+    import importlib.util
+    import sys
+
+    if "bitsandbytes" in sys.modules or importlib.util.find_spec("bitsandbytes") is None:
+        return
+    import torch
+
+    real = torch.compile
+    torch.compile = compile_on_first_call(real)
+    try:
+        importlib.import_module("bitsandbytes")
+    finally:
+        torch.compile = real
+
+
+def compile_on_first_call(compile_fn: Callable) -> Callable:
+    """A stand-in for torch.compile (`compile_fn`) whose functions are compiled when first called (see
+    import_bitsandbytes); a compile that raises leaves the function as written."""
+
+    def deferred(fn=None, **options):
+        if fn is None:  # used as @torch.compile(**options)
+            return lambda f: deferred(f, **options)
+        compiled = []
+
+        @functools.wraps(fn)
+        def call(*args, **kwargs):
+            if not compiled:
+                try:
+                    compiled.append(compile_fn(fn, **options))
+                except Exception:  # noqa: BLE001 - what bitsandbytes' _try_torch_compile does at import
+                    compiled.append(fn)
+            return compiled[0](*args, **kwargs)
+
+        return call
+
+    return deferred
+
+
 def wandb_logging_actor_base() -> type:
     """The class of Ray's per-trial W&B logging actor, to subclass.
 
