@@ -233,10 +233,10 @@ def two_runs(tmp_path_factory, standin_cache, suite_data):
                      and json.loads((d / "tune_main7.json").read_text()).get("metric") == "competition_score"]
             return found[0] if found else None
 
-        def b_has_checkpoint():
+        def b_has_checkpoint():  # the folder, and its report written by the driver (the folder lands first)
             d = b_dir()
             t = _trial_dir(d) if d else None
-            return bool(t and list(t.glob("checkpoint_*")))
+            return bool(t and list(t.glob("checkpoint_*")) and (t / "progress.csv").is_file())
 
         _wait_for(b_has_checkpoint, b, "run B's first checkpoint")
         b.send_signal(signal.SIGTERM)
