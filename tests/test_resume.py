@@ -227,6 +227,7 @@ def test_a_latest_checkpoint_deleted_before_tunes_state_save_is_found(reference_
     assert trial.trial_id not in compat.deleted_latest_checkpoints(copy)
 
 
+@pytest.mark.slow  # reads the smoke grid
 def test_resume_repoints_a_deleted_latest_checkpoint_to_the_newest_one_left(reference_run, tmp_path, caplog):
     """The window itself, mended (ray-project/ray#27790): in a copy of the smoke grid, one trial's recorded latest
     checkpoint is deleted while a newer one that a result row names is there, and a newer still that no row names (a
