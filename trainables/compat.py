@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from trainables.errors import UserError
+from trainables.layout import result_rows, write_atomically
 
 # The names below, written out once: tests/test_structure.py looks for them everywhere else in trainables/.
 PRIVATE_NAMES = (
@@ -181,15 +182,13 @@ def keep_4bit_cpu_compute_as_configured(model) -> None:
             module.support_avx512bf16_for_cpu = False
 
 
-# --- Ray ----------------------------------------------------------------------------------------------------------
-
 def import_bitsandbytes() -> None:
     """Import bitsandbytes (where it is installed and not yet imported) with its torch.compile wrappers made at
     their first call instead of as it loads.
 
     bitsandbytes 0.50 wraps some default-backend kernels in torch.compile at import (backends/default/ops.py,
-    `_try_torch_compile`), and making those wrappers imports torch._inductor: ~1.2 s of CPU in every process that
-    imports peft (peft.helpers imports bitsandbytes), a trial's included. A CPU trial never calls them (its backend
+    `_try_torch_compile`), and making those wrappers imports torch._inductor: 1.95 s of CPU in every process that
+    imports peft (peft.helpers imports bitsandbytes), a trial's included (benchmarks/trial_imports.py). A CPU trial never calls them (its backend
     registers its own kernels; after a whole smoke trial torch._inductor was still not imported). Deferred, each is
     compiled by the same torch.compile with the same options when first called, and one that fails to compile
     runs as written, as bitsandbytes' own wrapper does."""
@@ -231,6 +230,8 @@ def compile_on_first_call(compile_fn: Callable) -> Callable:
 
     return deferred
 
+
+# --- Ray ----------------------------------------------------------------------------------------------------------
 
 def wandb_logging_actor_base() -> type:
     """The class of Ray's per-trial W&B logging actor, to subclass.
@@ -357,8 +358,8 @@ def deleted_latest_checkpoints(experiment_dir) -> dict[str, str]:
     _, state = _newest_experiment_state(experiment_dir)
     gone = {}
     for trial_state, run_metadata in state["trial_data"] if state else ():
-        latest = _run_metadata(run_metadata).checkpoint_manager.latest_checkpoint_result
-        if latest is not None and not _here(experiment_dir, latest.checkpoint.path).is_dir():
+        latest = _deleted_latest(experiment_dir, _run_metadata(run_metadata))
+        if latest is not None:
             gone[json.loads(trial_state)["trial_id"]] = str(_here(experiment_dir, latest.checkpoint.path))
     return gone
 
@@ -376,15 +377,14 @@ def repoint_deleted_latest_checkpoints(experiment_dir) -> tuple[list[tuple[str, 
     to restore a trial from a checkpoint other than the one its state records. The state file is replaced whole
     (written beside it, then renamed); the old one is kept as `<name>.before-resume`, which Tune does not read."""
     import json
-    import os
     import shutil
 
     path, state = _newest_experiment_state(experiment_dir)
     mended = []
     for entry in state["trial_data"] if state else ():
         metadata = _run_metadata(entry[1])
-        latest = metadata.checkpoint_manager.latest_checkpoint_result
-        if latest is None or _here(experiment_dir, latest.checkpoint.path).is_dir():
+        latest = _deleted_latest(experiment_dir, metadata)
+        if latest is None:
             continue
         chosen = _repoint(experiment_dir, metadata)
         entry[1] = metadata.get_json_state()
@@ -393,10 +393,15 @@ def repoint_deleted_latest_checkpoints(experiment_dir) -> tuple[list[tuple[str, 
         return [], None
     backup = path.with_name(path.name + ".before-resume")
     shutil.copy2(path, backup)
-    written = path.with_name(path.name + ".mending")
-    written.write_text(json.dumps(state), encoding="utf-8")
-    os.replace(written, path)
+    write_atomically(path, json.dumps(state))
     return mended, str(backup)
+
+
+def _deleted_latest(experiment_dir, metadata):
+    """The trial's latest checkpoint result in its run metadata when that folder is gone from `experiment_dir`, or
+    None (it is there, or the trial has none)."""
+    latest = metadata.checkpoint_manager.latest_checkpoint_result
+    return latest if latest is not None and not _here(experiment_dir, latest.checkpoint.path).is_dir() else None
 
 
 def _repoint(experiment_dir, metadata) -> str | None:
@@ -447,20 +452,8 @@ def _here(experiment_dir, recorded) -> Path:
 
 
 def _checkpointed_rows(trial_dir) -> dict[str, dict[str, Any]]:
-    """{checkpoint folder name: its result row} from the whole rows of a trial's result.json (a cut last line is
-    skipped)."""
-    import json
-
-    rows = {}
-    path = Path(trial_dir) / "result.json"
-    for line in path.read_text(encoding="utf-8").splitlines() if path.is_file() else ():
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue
-        if row.get("checkpoint_dir_name"):
-            rows[row["checkpoint_dir_name"]] = row
-    return rows
+    """{checkpoint folder name: its result row} from the whole rows of a trial's result.json."""
+    return {row["checkpoint_dir_name"]: row for row in result_rows(trial_dir) if row.get("checkpoint_dir_name")}
 
 
 def staged_tune_state(experiment_name: str, file_name: str) -> list[str]:

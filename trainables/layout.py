@@ -7,6 +7,8 @@ without importing one another.
 from __future__ import annotations
 
 import json
+import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -50,3 +52,22 @@ def stopped_early(trial_dir: Path | str | None) -> dict[str, Any] | None:
         return json.loads(path.read_text()) if path.is_file() else None
     except ValueError:
         return {}
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Replace `path` with `text` whole (written beside it, then renamed): a reader or a kill never sees half."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{time.monotonic_ns()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def result_rows(trial_dir: Path | str) -> list[dict[str, Any]]:
+    """The whole rows of a trial's result.json, in order (a line being written, or cut by a kill, is skipped)."""
+    path = Path(trial_dir) / "result.json"
+    rows = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines() if path.is_file() else ():
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            continue
+    return rows

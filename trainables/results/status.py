@@ -19,7 +19,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from trainables.layout import DRIVER_RECORD, is_uri
+from trainables.layout import DRIVER_RECORD, is_uri, write_atomically
 
 FINAL = ("ERROR", "TERMINATED")
 
@@ -48,10 +48,7 @@ def write_driver_record(experiment_dir: Path | str, command: str) -> None:
         return
     record = {"pid": os.getpid(), "host": socket.gethostname(), "command": command,
               "started": datetime.now().isoformat(timespec="seconds"), "process_started": _process_started(os.getpid())}
-    path = Path(experiment_dir) / DRIVER_RECORD
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    tmp.write_text(json.dumps(record, indent=1))
-    os.replace(tmp, path)
+    write_atomically(Path(experiment_dir) / DRIVER_RECORD, json.dumps(record, indent=1))
 
 
 def remove_driver_record(experiment_dir: Path | str) -> None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from ray.tune import Callback, CLIReporter
 
 from trainables.results.report import TABLE_COLUMNS, format_table, format_value, mode_of, number, summarize_results
-from trainables.layout import stopped_early
+from trainables.layout import result_rows, stopped_early, write_atomically
 from trainables.results.status import error_line
 
 if TYPE_CHECKING:
@@ -141,7 +140,7 @@ class ExperimentSummaryCallback(Callback):
                                                      self.metric: best[self.metric], "epoch": best.get("best_epoch")},
             "trials": rows,
         }
-        _atomic_write(self.summary_dir / "experiment_summary.json", json.dumps(summary, ensure_ascii=False, indent=1))
+        write_atomically(self.summary_dir / "experiment_summary.json", json.dumps(summary, ensure_ascii=False, indent=1))
         text = [f"Experiment {summary['experiment']} ({self.experiment_dir})", f"updated {summary['updated']}; "
                 + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())),
                 f"best {self.metric} per trial, at best_epoch; scores are F1, competition_score = mean x 100", "",
@@ -150,7 +149,7 @@ class ExperimentSummaryCallback(Callback):
                                       f"{best['name']} ({best['trial_id']}) {self.metric}={format_value(best[self.metric])} "
                                       f"at epoch {format_value(best.get('best_epoch'))}"))
         text += [f"error in {r['name']}: {r['error']}" for r in rows if r.get("error")]
-        _atomic_write(self.summary_dir / "experiment_summary.txt", "\n".join(text) + "\n")
+        write_atomically(self.summary_dir / "experiment_summary.txt", "\n".join(text) + "\n")
 
 
 def _name(trial) -> str:
@@ -166,27 +165,11 @@ def _error_line(trial) -> str:
 
 
 def _results_on_disk(trial) -> dict[int, dict[str, Any]]:
-    out: dict[int, dict[str, Any]] = {}
     try:
-        path = Path(trial.path) / "result.json"
+        trial_dir = Path(trial.path)
     except (AttributeError, TypeError):  # a trial not yet placed on storage has no path
-        return out
-    if not path.exists():
-        return out
-    for line in path.read_text(errors="replace").splitlines():
-        try:
-            result = json.loads(line)
-        except ValueError:
-            continue  # a line being written
-        if "training_iteration" in result:
-            out[int(result["training_iteration"])] = result
-    return out
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{time.monotonic_ns()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+        return {}
+    return {int(r["training_iteration"]): r for r in result_rows(trial_dir) if "training_iteration" in r}
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ def train_summarizer(config: dict[str, Any]) -> None:
     unsloth.import_before_transformers(trial.experiment, family_of(trial.experiment.model.architecture).name)
     from trainables import compat
 
-    compat.import_bitsandbytes()  # before peft does, without torch._inductor (~1.2 s of CPU a trial)
+    compat.import_bitsandbytes()  # before peft does, without torch._inductor (1.95 s of CPU a trial)
     from trainables.trial.recipe import train_in_ray
 
     train_in_ray(trial)
