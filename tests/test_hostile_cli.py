@@ -372,9 +372,14 @@ def test_report_and_predict_use_the_runs_metric_and_kept_checkpoints(two_runs, t
     best_line = next(l for l in proc.stdout.splitlines() if l.startswith("Best trial:"))
     named = Path(best_line.split("checkpoint:")[1].strip())
     assert named.is_dir() and named.name in kept
-    best_by_score = progress.loc[progress["competition_score"].idxmax(), "checkpoint_dir_name"]
-    if best_by_score not in kept:
-        assert f"{best_by_score}) was not kept" in proc.stdout and "kept: " in proc.stdout
+    # Ties count: the last two evaluations of a smoke trial are a step apart and often score the same (measured
+    # 2026-12-04: checkpoints 7 and 8 at 5.21), and a kept one at the best score is the best, not a stand-in for it.
+    best_score = progress["competition_score"].max()
+    best_by_score = progress.loc[progress["competition_score"] == best_score, "checkpoint_dir_name"].tolist()
+    if not set(best_by_score) & kept:
+        assert f"{best_by_score[0]}) was not kept" in proc.stdout and "kept: " in proc.stdout
+    else:
+        assert named.name in best_by_score and "was not kept" not in proc.stdout, (named.name, best_by_score)
 
     # predict: the run's metric, the data folder it trained on, named; only kept checkpoints.
     out = tmp_path / "sub.csv"

@@ -175,10 +175,14 @@ def test_checkpoints_keep_best_and_latest_in_safetensors(reference_run, interrup
         frame = _progress(trial_dir)
         kept = sorted(p.name for p in trial_dir.glob("checkpoint_*"))
         latest = frame["checkpoint_dir_name"].iloc[-1]
-        ranked = frame.sort_values("competition_score", ascending=False, kind="stable")["checkpoint_dir_name"]
+        score = dict(zip(frame["checkpoint_dir_name"], frame["competition_score"]))
         shown = (kept, frame[["checkpoint_dir_name", "competition_score"]])
-        # the `keep` best by score and the latest (Ray always keeps the latest)
-        assert set(kept) == {*ranked.iloc[:keep], latest}, shown
+        # the `keep` best by score and the latest (Ray always keeps the latest); between equal scores (the last two
+        # evaluations are a step apart and often tie) either is one of the best, so the scores are compared
+        best = sorted(score.values(), reverse=True)[:keep]
+        assert latest in kept and len(kept) <= keep + 1, shown
+        assert sorted((score[name] for name in kept), reverse=True)[:keep] == best, shown
+        assert all(score[name] >= best[-1] for name in kept if name != latest), shown
         for name in kept:
             ckpt = trial_dir / name
             assert (ckpt / "adapter_model.safetensors").is_file()
