@@ -257,8 +257,8 @@ def test_smoke_search_stops_poor_trials_early_resumes_after_a_kill_and_reports_t
     log = tmp_path / "driver.out"
     driver = subprocess.Popen(
         [sys.executable, str(ROOT / "tune_main7.py"), "search", str(path), "--mode", "smoke", "--samples", "4",
-         "--metric", "eval_loss", "--max-concurrent", "1", "--data-dir", str(suite_data), "--storage-path", str(storage), "--name", "search",
-         "--cache-dir", str(standin_cache)],
+         "--metric", "eval_loss", "--max-concurrent", "1", "--data-dir", str(suite_data), "--storage-path", str(storage),
+         "--name", "search", "--cache-dir", str(standin_cache)],
         cwd=ROOT, stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True,
     )
     _kill_once_finished(driver, experiment_dir, 3, log)
