@@ -103,7 +103,27 @@ class TrialRecord:
         return {**self.effective(), "eff_mode_changes": "; ".join(self.mode_changes), **self.placement}
 
 
+def reset_peak_memory() -> bool:
+    """Start this trial's peaks: CPU runs reuse one worker process for trial after trial (driver/grid.py), so the
+    process's own peak would carry an earlier trial's. Linux resets the resident-set peak (VmHWM, which ru_maxrss
+    reads) to the current size when "5" is written to /proc/self/clear_refs; the libraries already loaded stay
+    counted. False where that is not possible (then peak_host_mem_gb is the process's peak since it started)."""
+    import gc
+
+    import torch
+
+    gc.collect()  # the previous trial's model and data, before the new baseline
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
 def peak_memory() -> dict[str, float]:
+    """The peaks since reset_peak_memory (the trial's start): host resident set, GPU memory allocated by torch."""
     import resource
 
     import torch

@@ -37,7 +37,7 @@ from transformers import EarlyStoppingCallback, PrinterCallback
 from trainables import compat
 from trainables.trial.backoff import retry_on_oom
 from trainables.trial.callbacks import (
-    EvalAtEpochEnd, Report, ReportToTune, StopOnNaN, TrainLossMeter, TrialRecord, extra_callbacks,
+    EvalAtEpochEnd, Report, ReportToTune, StopOnNaN, TrainLossMeter, TrialRecord, extra_callbacks, reset_peak_memory,
 )
 from trainables.config import ConfigError, ExperimentConfig, TrialConfig, mode_of, static_problems
 from trainables.trial.families import LoadRecord, family_of
@@ -415,6 +415,9 @@ def train_in_ray(trial: TrialConfig) -> None:
     from trainables.process import quiet_libraries
 
     quiet_libraries()  # again, now that transformers is imported: its own verbosity and progress bars
+    if not reset_peak_memory():
+        log.info("%s: peak_host_mem_gb is this worker's peak since it started (cannot reset it here)",
+                 trial.experiment.name)
     errors, _ = static_problems(trial.experiment)
     if errors:
         raise ConfigError(f"the trial's config is invalid: {'; '.join(errors)}")
